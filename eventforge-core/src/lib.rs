@@ -1,0 +1,46 @@
+//! The core of eventforge: messages, topic patterns, the [`Transport`] trait,
+//! the in-process [`MemoryTransport`] and the [`MessageQueue`].
+//!
+//! |                | local (same process) | remote (another process or machine) |
+//! |----------------|----------------------|-------------------------------------|
+//! | pub-sub        | [`MessageQueue`] on [`MemoryTransport`] | [`MessageQueue`] on a network transport |
+//! | request-reply  | [`MessageQueue::request`] | the same, over TCP, Redis or NATS |
+//!
+//! Local versus remote lives in the [`Transport`] only: code written against
+//! a [`MessageQueue`] runs unchanged on every transport.
+//!
+//! ```
+//! use eventforge_core::MessageQueue;
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), eventforge_core::Error> {
+//! let queue = MessageQueue::memory();
+//! let mut orders = queue.subscribe("orders.*").await?;
+//! queue.publish("orders.created", serde_json::json!({"id": 7})).await?;
+//! let msg = orders.next().await.unwrap();
+//! assert_eq!(msg.payload["id"], 7);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod handler;
+pub mod memory;
+pub mod message;
+pub mod queue;
+pub mod router;
+pub mod subscription;
+pub mod topic;
+pub mod transport;
+
+pub use error::{BoxError, Error, Result};
+pub use handler::{AsyncHandler, HandlerOutput, HandlerReturn, SyncHandler};
+pub use memory::{MemoryTransport, MemoryTransportBuilder};
+pub use message::{new_id, Headers, Message};
+pub use queue::{HandlerId, MessageQueue, QueueStats};
+pub use router::{OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
+pub use subscription::{Subscription, SubscriptionId};
+pub use topic::{validate_topic, IntoPattern, Pattern, PatternTrie, Segment};
+pub use transport::{await_reply, prepare_request, Capabilities, Transport, REPLY_PREFIX};
