@@ -8,7 +8,14 @@
 //! - `redis` (feature `redis`): Redis pub/sub;
 //! - `nats` (feature `nats`): NATS, with native request/reply.
 //!
-//! The transports themselves are not part of this release yet; the features
-//! exist so that code can already name them.
+//! The TCP transport (feature `tcp`) is in `tcp`: `tcp::TcpServerTransport`,
+//! `tcp::TcpClientTransport`, the frame codec `tcp::FrameCodec` and the
+//! push-only switchboard `tcp::RemoteQueue`.
+//!
+//! The redis and nats transports are not part of this release yet; their
+//! features exist so that code can already name them.
 
 #![warn(missing_docs)]
+
+#[cfg(feature = "tcp")]
+pub mod tcp;
