@@ -202,7 +202,7 @@ pub struct ClientStats {
     pub connected: bool,
     /// True when the server filters by declared subscriptions (a Rust server).
     pub server_filters: bool,
-    /// Messages received from the server.
+    /// Messages received from the server (control messages excluded).
     pub received: u64,
     /// Times the link was lost.
     pub disconnects: u64,
@@ -446,7 +446,6 @@ async fn read_frames(shared: &Shared, session: &mut Session) -> String {
 }
 
 async fn deliver(shared: &Shared, message: Message) {
-    shared.counters.received.fetch_add(1, Ordering::Relaxed);
     if control::is_control(&message.topic) {
         if message.topic == control::ACK {
             if let Some(id) = &message.correlation_id {
@@ -457,6 +456,7 @@ async fn deliver(shared: &Shared, message: Message) {
         }
         return;
     }
+    shared.counters.received.fetch_add(1, Ordering::Relaxed);
     if let Err(error) = shared.router.route(Arc::new(message)).await {
         tracing::warn!(server = %shared.server, %error, "local delivery failed");
     }
