@@ -73,7 +73,10 @@ async fn bad_input_drops_only_the_offending_connection() {
     };
 
     let garbage: [(&str, Vec<u8>); 6] = [
-        ("random bytes", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "random bytes",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
         ("oversize length prefix", vec![0xff, 0xff, 0xff, 0xff, b'{']),
         ("invalid JSON", framed(b"{\"topic\": \"a\", oops")),
         ("invalid UTF-8", framed(b"{\"topic\": \"\xff\xfe\"}")),
@@ -84,7 +87,10 @@ async fn bad_input_drops_only_the_offending_connection() {
         let before = exchanged.load(Ordering::Relaxed);
         let mut socket = TcpStream::connect(addr).await.unwrap();
         socket.write_all(bytes).await.unwrap();
-        assert!(closed_by_server(&mut socket).await, "{what}: connection not dropped");
+        assert!(
+            closed_by_server(&mut socket).await,
+            "{what}: connection not dropped"
+        );
         // The good client still gets answers after each attack.
         let reply = client.request("echo.request", "still here", WAIT).await;
         assert_eq!(reply.unwrap().payload, "still here", "after {what}");
@@ -93,14 +99,24 @@ async fn bad_input_drops_only_the_offending_connection() {
 
     // Half a frame, then the attacker goes away.
     let mut socket = TcpStream::connect(addr).await.unwrap();
-    socket.write_all(&framed(b"{\"topic\": \"half.frame\"}")[..10]).await.unwrap();
+    socket
+        .write_all(&framed(b"{\"topic\": \"half.frame\"}")[..10])
+        .await
+        .unwrap();
     socket.shutdown().await.unwrap();
     assert!(closed_by_server(&mut socket).await);
-    let reply = client.request("echo.request", "after half", WAIT).await.unwrap();
+    let reply = client
+        .request("echo.request", "after half", WAIT)
+        .await
+        .unwrap();
     assert_eq!(reply.payload, "after half");
 
     stop.store(true, Ordering::Relaxed);
-    tokio::time::timeout(WAIT, worker).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(WAIT, worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(exchanged.load(Ordering::Relaxed) > 0);
     assert_eq!(server.stats().bad_input_disconnects, 7);
     client.close().await.unwrap();
@@ -130,23 +146,38 @@ async fn a_client_that_stops_reading_is_disconnected_without_stalling_others() {
     let mut published = 0u64;
     // Bounded: the slow client is far behind after a few hundred frames.
     while server.stats().slow_disconnects == 0 && published < 20_000 {
-        tokio::time::timeout(WAIT, server.send(Message::new("flood.data", &payload).unwrap()))
-            .await
-            .expect("a publish never waits for a slow client")
-            .unwrap();
+        tokio::time::timeout(
+            WAIT,
+            server.send(Message::new("flood.data", &payload).unwrap()),
+        )
+        .await
+        .expect("a publish never waits for a slow client")
+        .unwrap();
         published += 1;
         // The good client keeps up: it has every message so far.
-        let got = tokio::time::timeout(WAIT, inbox.next()).await.unwrap().unwrap();
+        let got = tokio::time::timeout(WAIT, inbox.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.topic, "flood.data");
     }
     let stats = server.stats();
-    assert_eq!(stats.slow_disconnects, 1, "after {published} publishes: {stats:?}");
+    assert_eq!(
+        stats.slow_disconnects, 1,
+        "after {published} publishes: {stats:?}"
+    );
     assert!(stats.dropped_frames > 0);
     assert!(closed_by_server(&mut slow).await);
 
     // The good client is still connected and served.
-    server.send(Message::new("flood.last", 1).unwrap()).await.unwrap();
-    let got = tokio::time::timeout(WAIT, inbox.next()).await.unwrap().unwrap();
+    server
+        .send(Message::new("flood.last", 1).unwrap())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, inbox.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.topic, "flood.last");
     good.close().await.unwrap();
     server.close().await.unwrap();
@@ -179,7 +210,10 @@ async fn the_client_reconnects_restores_its_subscriptions_and_reports_the_gap() 
     assert!(started.elapsed() < Duration::from_secs(1));
     match &err {
         Error::Transport { source, .. } => assert!(
-            matches!(source.downcast_ref::<TcpError>(), Some(TcpError::NotConnected { .. })),
+            matches!(
+                source.downcast_ref::<TcpError>(),
+                Some(TcpError::NotConnected { .. })
+            ),
             "{err:?}"
         ),
         other => panic!("expected a transport error, got {other:?}"),
@@ -204,7 +238,10 @@ async fn the_client_reconnects_restores_its_subscriptions_and_reports_the_gap() 
     assert_eq!(pong.payload, "pong");
 
     second.publish("news.back", 2).await.unwrap();
-    let got = tokio::time::timeout(WAIT, news.next()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(WAIT, news.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.topic, "news.back");
     let stats = transport.stats();
     assert_eq!((stats.disconnects, stats.reconnects), (1, 1), "{stats:?}");
@@ -234,7 +271,10 @@ async fn a_send_may_wait_a_bounded_time_for_the_link() {
         .await
         .unwrap_err();
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(200), "gave up after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(200),
+        "gave up after {waited:?}"
+    );
     assert!(waited < WAIT);
     assert!(err.is_transient(), "{err:?}");
     transport.close().await.unwrap();

@@ -36,7 +36,9 @@ async fn read_frame(stream: &mut TcpStream) -> Value {
         stream.read_exact(&mut json).await.expect("the whole frame");
         serde_json::from_slice(&json).expect("JSON")
     };
-    tokio::time::timeout(WAIT, read).await.expect("a frame in time")
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("a frame in time")
 }
 
 /// Reads frames until one on `topic`, returning it and the topics skipped.
@@ -60,10 +62,16 @@ fn the_handwritten_request_is_the_recorded_vector() {
 #[tokio::test]
 async fn the_python_frame_reaches_a_server_subscriber_intact() {
     let server = TcpServerTransport::bind("127.0.0.1:0").await.unwrap();
-    let mut inbox = server.subscribe(Pattern::parse("events.*").unwrap()).await.unwrap();
+    let mut inbox = server
+        .subscribe(Pattern::parse("events.*").unwrap())
+        .await
+        .unwrap();
     let mut python = TcpStream::connect(server.local_addr()).await.unwrap();
     python.write_all(VECTOR_FRAME).await.unwrap();
-    let got = tokio::time::timeout(WAIT, inbox.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let expected: Message = serde_json::from_value(vector("message_basic")).unwrap();
     assert_eq!(*got, expected);
     server.close().await.unwrap();
@@ -79,10 +87,12 @@ async fn a_python_rpc_request_gets_its_reply_on_the_same_socket() {
         .on("calculator.request", move |msg| {
             let queue = responder.clone();
             async move {
-                let args: Vec<i64> = serde_json::from_value(msg.payload["args"].clone())
-                    .map_err(|source| eventforge_core::Error::Decode {
-                        what: "args".into(),
-                        source,
+                let args: Vec<i64> =
+                    serde_json::from_value(msg.payload["args"].clone()).map_err(|source| {
+                        eventforge_core::Error::Decode {
+                            what: "args".into(),
+                            source,
+                        }
                     })?;
                 let request_id = msg.payload["id"].clone();
                 queue
@@ -107,7 +117,11 @@ async fn a_python_rpc_request_gets_its_reply_on_the_same_socket() {
 
     let reply_to = request["reply_to"].as_str().unwrap();
     let (reply, skipped) = read_until(&mut python, reply_to).await;
-    assert_eq!(skipped, ["_eventforge.hello"], "only the hello came before the reply");
+    assert_eq!(
+        skipped,
+        ["_eventforge.hello"],
+        "only the hello came before the reply"
+    );
     assert_eq!(reply["correlation_id"], request["correlation_id"]);
     assert_eq!(reply["payload"]["result"], 30);
     assert_eq!(reply["payload"]["request_id"], request["payload"]["id"]);
@@ -182,7 +196,10 @@ async fn a_rust_client_works_with_a_python_server() {
     let queue = MessageQueue::new(client.clone());
     let mut events = queue.subscribe("events.user").await.unwrap();
     queue.publish("jobs.submit", json!({"n": 1})).await.unwrap();
-    let got = tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.id, "f9d108c5-a4ff-41b7-bb00-ac203a8a8a2e");
     let first = python_server.await.unwrap();
     assert_eq!(first["payload"]["n"], 1);

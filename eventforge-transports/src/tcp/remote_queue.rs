@@ -219,6 +219,12 @@ impl RemoteQueue {
         Ok(self.local_queue()?.on(pattern, handler).await?)
     }
 
+    /// The link to `node_id`, for its state and counters
+    /// ([`TcpClientTransport::link_events`], [`TcpClientTransport::stats`]).
+    pub fn peer(&self, node_id: &str) -> Option<TcpClientTransport> {
+        self.lock_peers().get(node_id).cloned()
+    }
+
     /// Names of the connected peers, sorted.
     pub fn peers(&self) -> Vec<String> {
         let mut peers: Vec<String> = self.lock_peers().keys().cloned().collect();
