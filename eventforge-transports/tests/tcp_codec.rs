@@ -81,12 +81,7 @@ proptest! {
         let mut codec = FrameCodec::with_max_frame(LIMIT);
         let mut buf = BytesMut::from(&input[..]);
         let bound = 2 * (input.len() + 4 + LIMIT);
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = codec.decode(&mut buf) {}
         prop_assert!(buf.capacity() <= bound, "capacity {} above {}", buf.capacity(), bound);
         let _ = codec.decode_eof(&mut buf);
     }
