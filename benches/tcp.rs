@@ -1,1 +1,421 @@
-fn main() {}
+//! TCP transport figures, each beside a floor measured in the same run.
+//!
+//! `cargo bench --bench tcp`: client → server and server → client pub-sub
+//! (messages/s, beside raw tokio length-prefixed frames of the same bytes),
+//! request/reply round trips (median and p99, beside a bare tokio
+//! length-prefixed echo of the same bytes), and the server's resident
+//! memory while a client floods it.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eventforge::transports::tcp::{
+    FrameCodec, SlowClientPolicy, TcpClientTransport, TcpServerTransport,
+};
+use eventforge::{Message, MessageQueue, Pattern, Transport};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+const PUBSUB_MESSAGES: u64 = 300_000;
+const ROUND_TRIPS: usize = 5_000;
+const RUNS: usize = 3;
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Serialize)]
+struct Tick {
+    n: u64,
+    kind: &'static str,
+}
+
+fn main() -> Result<(), AnyError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+/// True when the section should run: all by default, or those named on
+/// the command line (`cargo bench --bench tcp -- up rr`).
+fn wanted(section: &str) -> bool {
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    names.is_empty() || names.iter().any(|n| n == section)
+}
+
+async fn run() -> Result<(), AnyError> {
+    println!("eventforge TCP over loopback, {RUNS} runs each, median shown");
+    println!();
+
+    let sample = Message::new(
+        "bench.data",
+        Tick {
+            n: 123_456,
+            kind: "tick",
+        },
+    )?;
+    let frame = FrameCodec::new().encode_frame(&sample)?;
+    println!(
+        "pub-sub, {PUBSUB_MESSAGES} messages of {} bytes per run",
+        frame.len()
+    );
+    if wanted("codec") {
+        codec_costs(&frame)?;
+    }
+    let raw = median(RUNS, || raw_one_way(frame.clone(), PUBSUB_MESSAGES)).await?;
+    println!("  raw tokio frames, one way (floor)    {raw:>10.0} msg/s");
+    if wanted("up") {
+        let up = median(RUNS, || client_to_server(PUBSUB_MESSAGES)).await?;
+        let share = 100.0 * up / raw;
+        println!("  client -> server subscriber          {up:>10.0} msg/s  ({share:.0}% of raw)");
+    }
+    if wanted("down") {
+        let down = median(RUNS, || server_to_client(PUBSUB_MESSAGES)).await?;
+        let share = 100.0 * down / raw;
+        println!("  server -> client subscriber          {down:>10.0} msg/s  ({share:.0}% of raw)");
+    }
+    println!();
+
+    if wanted("rr") {
+        request_reply_section().await?;
+    }
+    if wanted("memory") {
+        println!("server memory while one client floods it for 4 s");
+        flood_memory(frame).await?;
+    }
+    Ok(())
+}
+
+async fn request_reply_section() -> Result<(), AnyError> {
+    println!("request/reply, {ROUND_TRIPS} sequential round trips per run");
+    let request = Message::new("bench.echo", Tick { n: 7, kind: "ping" })?
+        .with_reply_to(format!("_reply.{}", eventforge::new_id()))
+        .with_correlation_id(eventforge::new_id());
+    let request_frame = FrameCodec::new().encode_frame(&request)?;
+    let mut echo = Vec::new();
+    let mut queue = Vec::new();
+    for _ in 0..RUNS {
+        echo.push(bare_echo(request_frame.clone(), ROUND_TRIPS).await?);
+        queue.push(request_reply(ROUND_TRIPS).await?);
+    }
+    let (echo_p50, echo_p99) = middle(echo);
+    let (rr_p50, rr_p99) = middle(queue);
+    println!(
+        "  bare tokio echo (floor)   p50 {:>7.1} µs   p99 {:>7.1} µs",
+        micros(echo_p50),
+        micros(echo_p99)
+    );
+    println!(
+        "  MessageQueue.request      p50 {:>7.1} µs   p99 {:>7.1} µs   ({:.2}x the echo median)",
+        micros(rr_p50),
+        micros(rr_p99),
+        rr_p50.as_secs_f64() / echo_p50.as_secs_f64()
+    );
+    println!();
+    Ok(())
+}
+
+async fn median<F, Fut>(runs: usize, mut measure: F) -> Result<f64, AnyError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<f64, AnyError>>,
+{
+    let mut figures = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        figures.push(measure().await?);
+    }
+    figures.sort_by(f64::total_cmp);
+    Ok(figures[figures.len() / 2])
+}
+
+/// Median of the runs' medians and of their p99s.
+fn middle(mut runs: Vec<(Duration, Duration)>) -> (Duration, Duration) {
+    runs.sort();
+    let p50 = runs[runs.len() / 2].0;
+    let mut p99s: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+    p99s.sort();
+    (p50, p99s[p99s.len() / 2])
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn percentiles(mut latencies: Vec<Duration>) -> (Duration, Duration) {
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[latencies.len() * 99 / 100];
+    (p50, p99)
+}
+
+async fn raw_one_way(frame: Bytes, n: u64) -> Result<f64, AnyError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        let mut frames = FramedRead::new(socket, LengthDelimitedCodec::new());
+        let mut got = 0;
+        while got < n {
+            match frames.next().await {
+                Some(frame) => {
+                    frame?;
+                    got += 1;
+                }
+                None => break,
+            }
+        }
+        Ok::<u64, std::io::Error>(got)
+    });
+    let socket = TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let mut writer = BufWriter::with_capacity(64 * 1024, socket);
+    let started = Instant::now();
+    for _ in 0..n {
+        writer.write_all(&frame).await?;
+    }
+    writer.flush().await?;
+    let got = reader.await??;
+    assert_eq!(got, n);
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn client_to_server(n: u64) -> Result<f64, AnyError> {
+    let server = TcpServerTransport::bind("127.0.0.1:0").await?;
+    let mut inbox = server.subscribe(Pattern::parse("bench.data")?).await?;
+    let client = MessageQueue::new(TcpClientTransport::connect(server.local_addr()).await?);
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        let mut batch = Vec::with_capacity(256);
+        while got < n {
+            let k = inbox.recv_many(&mut batch, 256).await;
+            if k == 0 {
+                break;
+            }
+            got += k as u64;
+            batch.clear();
+        }
+        got
+    });
+    let started = Instant::now();
+    for i in 0..n {
+        client
+            .publish("bench.data", Tick { n: i, kind: "tick" })
+            .await?;
+    }
+    let got = reader.await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(got, n);
+    client.close().await?;
+    server.close().await?;
+    Ok(rate)
+}
+
+async fn server_to_client(n: u64) -> Result<f64, AnyError> {
+    // The publisher waits for the client instead of dropping: a throughput
+    // figure must count every message.
+    let server = TcpServerTransport::builder()
+        .slow_client(SlowClientPolicy::Wait)
+        .bind("127.0.0.1:0")
+        .await?;
+    let client = TcpClientTransport::connect(server.local_addr()).await?;
+    let mut inbox = client.subscribe(Pattern::parse("bench.data")?).await?;
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        let mut batch = Vec::with_capacity(256);
+        while got < n {
+            let k = inbox.recv_many(&mut batch, 256).await;
+            if k == 0 {
+                break;
+            }
+            got += k as u64;
+            batch.clear();
+        }
+        got
+    });
+    let queue = MessageQueue::new(server.clone());
+    let started = Instant::now();
+    for i in 0..n {
+        queue
+            .publish("bench.data", Tick { n: i, kind: "tick" })
+            .await?;
+    }
+    let got = reader.await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(got, n);
+    client.close().await?;
+    queue.close().await?;
+    Ok(rate)
+}
+
+async fn request_reply(n: usize) -> Result<(Duration, Duration), AnyError> {
+    let transport = TcpServerTransport::bind("127.0.0.1:0").await?;
+    let addr = transport.local_addr();
+    let server = MessageQueue::new(transport);
+    let responder = server.clone();
+    server
+        .on("bench.echo", move |msg| {
+            let queue = responder.clone();
+            async move { queue.reply(&msg, msg.payload.clone()).await }
+        })
+        .await?;
+    let client = MessageQueue::new(TcpClientTransport::connect(addr).await?);
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        let reply = client
+            .request(
+                "bench.echo",
+                Tick {
+                    n: i as u64,
+                    kind: "ping",
+                },
+                Duration::from_secs(5),
+            )
+            .await?;
+        latencies.push(started.elapsed());
+        debug_assert_eq!(reply.payload["n"], i as u64);
+    }
+    client.close().await?;
+    server.close().await?;
+    Ok(percentiles(latencies))
+}
+
+async fn bare_echo(frame: Bytes, n: usize) -> Result<(Duration, Duration), AnyError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let echo = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        let mut body = Vec::new();
+        loop {
+            let length = match socket.read_u32().await {
+                Ok(length) => length as usize,
+                Err(_) => return Ok::<(), std::io::Error>(()),
+            };
+            body.resize(length + 4, 0);
+            body[..4].copy_from_slice(&(length as u32).to_be_bytes());
+            socket.read_exact(&mut body[4..]).await?;
+            socket.write_all(&body).await?;
+        }
+    });
+    let mut socket = TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let mut latencies = Vec::with_capacity(n);
+    let mut back = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        socket.write_all(&frame).await?;
+        let length = socket.read_u32().await? as usize;
+        back.resize(length, 0);
+        socket.read_exact(&mut back).await?;
+        latencies.push(started.elapsed());
+    }
+    drop(socket);
+    echo.await??;
+    Ok(percentiles(latencies))
+}
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+async fn flood_memory(frame: Bytes) -> Result<(), AnyError> {
+    let server = TcpServerTransport::bind("127.0.0.1:0").await?;
+    let mut inbox = server.subscribe(Pattern::parse("bench.data")?).await?;
+    let addr = server.local_addr();
+    let counter = tokio::spawn(async move {
+        let mut got = 0u64;
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            let k = inbox.recv_many(&mut batch, 256).await;
+            if k == 0 {
+                return got;
+            }
+            got += k as u64;
+            batch.clear();
+        }
+    });
+    // The flooding client writes pre-encoded frames as fast as it can.
+    let flooder = tokio::spawn(async move {
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        let mut writer = BufWriter::with_capacity(64 * 1024, socket);
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while started.elapsed() < Duration::from_secs(4) {
+            for _ in 0..1000 {
+                writer.write_all(&frame).await?;
+            }
+            sent += 1000;
+        }
+        writer.flush().await?;
+        Ok::<u64, std::io::Error>(sent)
+    });
+    let before = rss_mib();
+    let mut samples = Vec::new();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        samples.push(rss_mib());
+    }
+    let sent = flooder.await??;
+    server.close().await?;
+    let got = counter.await?;
+    println!(
+        "  resident memory: before {:.1} MiB, every 0.5 s: {}",
+        before,
+        samples
+            .iter()
+            .map(|s| format!("{s:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  ({sent} frames sent, {got} delivered to the subscriber)");
+    Ok(())
+}
+
+/// Per-message CPU cost of the steps around the socket, one thread.
+fn codec_costs(frame: &Bytes) -> Result<(), AnyError> {
+    use tokio_util::codec::Decoder;
+    const N: u32 = 200_000;
+    let codec = FrameCodec::new();
+    let started = Instant::now();
+    for n in 0..N {
+        let message = Message::new(
+            "bench.data",
+            Tick {
+                n: n.into(),
+                kind: "tick",
+            },
+        )?;
+        std::hint::black_box(&message);
+    }
+    let make = started.elapsed() / N;
+    let message = Message::new("bench.data", Tick { n: 1, kind: "tick" })?;
+    let started = Instant::now();
+    for _ in 0..N {
+        std::hint::black_box(codec.encode_frame(&message)?);
+    }
+    let encode = started.elapsed() / N;
+    let mut decoder = FrameCodec::new();
+    let started = Instant::now();
+    for _ in 0..N {
+        let mut buf = bytes::BytesMut::from(&frame[..]);
+        std::hint::black_box(decoder.decode(&mut buf)?);
+    }
+    let decode = started.elapsed() / N;
+    println!("  per message: Message::new {make:?}, encode {encode:?}, decode {decode:?}");
+    Ok(())
+}

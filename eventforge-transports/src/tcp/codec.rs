@@ -120,9 +120,29 @@ impl FrameCodec {
     /// Encodes `message` as one complete frame, ready to be written as is
     /// (to one connection or shared by many).
     pub fn encode_frame(&self, message: &Message) -> Result<Bytes, FrameError> {
-        let mut frame = BytesMut::with_capacity(256);
-        self.encode_into(message, &mut frame)?;
-        Ok(frame.freeze())
+        // A Vec takes serde_json's many small writes faster than a BytesMut,
+        // and becomes `Bytes` without a copy.
+        let mut frame = Vec::with_capacity(256);
+        frame.extend_from_slice(&[0; PREFIX]);
+        serde_json::to_writer(&mut frame, message).map_err(|source| FrameError::Encode {
+            id: message.id.clone(),
+            source,
+        })?;
+        let length = self.check_length(frame.len() - PREFIX)?;
+        frame[..PREFIX].copy_from_slice(&length.to_be_bytes());
+        Ok(Bytes::from(frame))
+    }
+
+    /// The length as a prefix, or [`FrameError::TooLarge`].
+    fn check_length(&self, length: usize) -> Result<u32, FrameError> {
+        if length > self.max_frame {
+            return Err(FrameError::TooLarge {
+                length,
+                max: self.max_frame,
+            });
+        }
+        // Fits: max_frame is capped at u32::MAX.
+        Ok(length as u32)
     }
 
     fn encode_into(&self, message: &Message, dst: &mut BytesMut) -> Result<(), FrameError> {
@@ -137,15 +157,14 @@ impl FrameCodec {
                 source,
             });
         }
-        if length > self.max_frame {
-            dst.truncate(start);
-            return Err(FrameError::TooLarge {
-                length,
-                max: self.max_frame,
-            });
-        }
-        // Fits: max_frame is capped at u32::MAX.
-        dst[start..start + PREFIX].copy_from_slice(&(length as u32).to_be_bytes());
+        let length = match self.check_length(length) {
+            Ok(length) => length,
+            Err(error) => {
+                dst.truncate(start);
+                return Err(error);
+            }
+        };
+        dst[start..start + PREFIX].copy_from_slice(&length.to_be_bytes());
         Ok(())
     }
 }
