@@ -257,3 +257,40 @@ async fn connecting_to_nothing_fails_with_a_typed_error() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn close_does_not_hang_on_a_subscriber_that_never_reads() {
+    let server = TcpServerTransport::builder()
+        .buffer(1)
+        .close_timeout(Duration::from_millis(200))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let _never_read = server
+        .subscribe(eventforge_core::Pattern::parse("stuck.*").unwrap())
+        .await
+        .unwrap();
+    let client = TcpClientTransport::connect(server.local_addr())
+        .await
+        .unwrap();
+    for n in 0..3 {
+        client
+            .send(Message::new("stuck.x", n).unwrap())
+            .await
+            .unwrap();
+    }
+    // Last resort polling: nothing signals that the reader is blocked.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.stats().router.waited == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::timeout(WAIT, server.close())
+        .await
+        .expect("close finished")
+        .unwrap();
+    client.close().await.unwrap();
+}

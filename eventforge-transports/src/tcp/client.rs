@@ -440,7 +440,11 @@ async fn read_frames(shared: &Shared, session: &mut Session) -> String {
                 tracing::warn!(server = %shared.server, %error, "bad input from the server: dropping the connection");
                 return format!("bad input: {error}");
             }
-            Some(Ok(message)) => deliver(shared, message).await,
+            // A full local subscription makes this wait, but never past close.
+            Some(Ok(message)) => tokio::select! {
+                _ = shared.shutdown.cancelled() => return "client closing".to_owned(),
+                () = deliver(shared, message) => {}
+            },
         }
     }
 }

@@ -587,7 +587,13 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) 
                 if let Some(reply_to) = &message.reply_to {
                     lock(&shared.replies).remember(reply_to, client.id);
                 }
-                if let Err(error) = shared.router.route(Arc::new(message)).await {
+                // A full local subscription makes this wait (slowing this
+                // client down), but never past close.
+                let routed = tokio::select! {
+                    _ = shared.shutdown.cancelled() => break "server closing".to_owned(),
+                    routed = shared.router.route(Arc::new(message)) => routed,
+                };
+                if let Err(error) = routed {
                     tracing::warn!(peer = %addr, %error, "local delivery failed");
                 }
             }
