@@ -5,6 +5,9 @@
 //! request/reply round trips (median and p99, beside a bare tokio
 //! length-prefixed echo of the same bytes), and the server's resident
 //! memory while a client floods it.
+//!
+//! Client and server each run on a thread of their own with a
+//! single-threaded runtime, as two processes would, on this 2-core machine.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 const PUBSUB_MESSAGES: u64 = 300_000;
@@ -32,8 +36,7 @@ struct Tick {
 }
 
 fn main() -> Result<(), AnyError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(run())
@@ -154,10 +157,35 @@ fn percentiles(mut latencies: Vec<Duration>) -> (Duration, Duration) {
     (p50, p99)
 }
 
+/// Runs `work` on a thread of its own with a single-threaded runtime, as a
+/// peer process would run; its result arrives on the returned receiver.
+fn peer<F, Fut, T>(work: F) -> oneshot::Receiver<Result<T, AnyError>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, AnyError>>,
+    T: Send + 'static,
+{
+    let (result_tx, result_rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AnyError::from)
+            .and_then(|runtime| runtime.block_on(work()));
+        let _ = result_tx.send(result);
+    });
+    result_rx
+}
+
+async fn joined<T>(peer: oneshot::Receiver<Result<T, AnyError>>) -> Result<T, AnyError> {
+    peer.await.map_err(|_| "the peer thread died")?
+}
+
 async fn raw_one_way(frame: Bytes, n: u64) -> Result<f64, AnyError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let reader = tokio::spawn(async move {
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let reader = peer(move || async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let _ = addr_tx.send(listener.local_addr()?);
         let (socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
         let mut frames = FramedRead::new(socket, LengthDelimitedCodec::new());
@@ -168,12 +196,12 @@ async fn raw_one_way(frame: Bytes, n: u64) -> Result<f64, AnyError> {
                     frame?;
                     got += 1;
                 }
-                None => break,
+                None => return Err("stream ended early".into()),
             }
         }
-        Ok::<u64, std::io::Error>(got)
+        Ok(Instant::now())
     });
-    let socket = TcpStream::connect(addr).await?;
+    let socket = TcpStream::connect(addr_rx.await?).await?;
     socket.set_nodelay(true)?;
     let mut writer = BufWriter::with_capacity(64 * 1024, socket);
     let started = Instant::now();
@@ -181,91 +209,107 @@ async fn raw_one_way(frame: Bytes, n: u64) -> Result<f64, AnyError> {
         writer.write_all(&frame).await?;
     }
     writer.flush().await?;
-    let got = reader.await??;
-    assert_eq!(got, n);
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    let done = joined(reader).await?;
+    Ok(n as f64 / (done - started).as_secs_f64())
 }
 
 async fn client_to_server(n: u64) -> Result<f64, AnyError> {
-    let server = TcpServerTransport::bind("127.0.0.1:0").await?;
-    let mut inbox = server.subscribe(Pattern::parse("bench.data")?).await?;
-    let client = MessageQueue::new(TcpClientTransport::connect(server.local_addr()).await?);
-    let reader = tokio::spawn(async move {
-        let mut got = 0;
-        let mut batch = Vec::with_capacity(256);
-        while got < n {
-            let k = inbox.recv_many(&mut batch, 256).await;
-            if k == 0 {
-                break;
-            }
-            got += k as u64;
-            batch.clear();
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let server = peer(move || async move {
+        let server = TcpServerTransport::bind("127.0.0.1:0").await?;
+        let mut inbox = server.subscribe(Pattern::parse("bench.data")?).await?;
+        let _ = addr_tx.send(server.local_addr());
+        let got = count(&mut inbox, n).await;
+        let done = Instant::now();
+        server.close().await?;
+        if got < n {
+            return Err(format!("only {got} of {n} messages arrived").into());
         }
-        got
+        Ok(done)
     });
+    let client = MessageQueue::new(TcpClientTransport::connect(addr_rx.await?).await?);
     let started = Instant::now();
     for i in 0..n {
         client
             .publish("bench.data", Tick { n: i, kind: "tick" })
             .await?;
     }
-    let got = reader.await?;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    assert_eq!(got, n);
+    let done = joined(server).await?;
     client.close().await?;
-    server.close().await?;
-    Ok(rate)
+    Ok(n as f64 / (done - started).as_secs_f64())
+}
+
+async fn count(inbox: &mut eventforge::Subscription, n: u64) -> u64 {
+    let mut got = 0;
+    let mut batch = Vec::with_capacity(256);
+    while got < n {
+        let k = inbox.recv_many(&mut batch, 256).await;
+        if k == 0 {
+            break;
+        }
+        got += k as u64;
+        batch.clear();
+    }
+    got
 }
 
 async fn server_to_client(n: u64) -> Result<f64, AnyError> {
-    // The publisher waits for the client instead of dropping: a throughput
-    // figure must count every message.
-    let server = TcpServerTransport::builder()
-        .slow_client(SlowClientPolicy::Wait)
-        .bind("127.0.0.1:0")
-        .await?;
-    let client = TcpClientTransport::connect(server.local_addr()).await?;
-    let mut inbox = client.subscribe(Pattern::parse("bench.data")?).await?;
-    let reader = tokio::spawn(async move {
-        let mut got = 0;
-        let mut batch = Vec::with_capacity(256);
-        while got < n {
-            let k = inbox.recv_many(&mut batch, 256).await;
-            if k == 0 {
-                break;
-            }
-            got += k as u64;
-            batch.clear();
-        }
-        got
-    });
-    let queue = MessageQueue::new(server.clone());
-    let started = Instant::now();
-    for i in 0..n {
-        queue
-            .publish("bench.data", Tick { n: i, kind: "tick" })
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let server = peer(move || async move {
+        // The publisher waits for the client instead of dropping: a
+        // throughput figure must count every message.
+        let server = TcpServerTransport::builder()
+            .slow_client(SlowClientPolicy::Wait)
+            .bind("127.0.0.1:0")
             .await?;
-    }
-    let got = reader.await?;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    assert_eq!(got, n);
+        let _ = addr_tx.send(server.local_addr());
+        let queue = MessageQueue::new(server);
+        go_rx.await?;
+        for i in 0..n {
+            queue
+                .publish("bench.data", Tick { n: i, kind: "tick" })
+                .await?;
+        }
+        let _ = done_rx.await;
+        queue.close().await?;
+        Ok(())
+    });
+    let client = TcpClientTransport::connect(addr_rx.await?).await?;
+    let mut inbox = client.subscribe(Pattern::parse("bench.data")?).await?;
+    let started = Instant::now();
+    let _ = go_tx.send(());
+    let got = count(&mut inbox, n).await;
+    let elapsed = started.elapsed();
+    let _ = done_tx.send(());
+    joined(server).await?;
     client.close().await?;
-    queue.close().await?;
-    Ok(rate)
+    if got < n {
+        return Err(format!("only {got} of {n} messages arrived").into());
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
 }
 
 async fn request_reply(n: usize) -> Result<(Duration, Duration), AnyError> {
-    let transport = TcpServerTransport::bind("127.0.0.1:0").await?;
-    let addr = transport.local_addr();
-    let server = MessageQueue::new(transport);
-    let responder = server.clone();
-    server
-        .on("bench.echo", move |msg| {
-            let queue = responder.clone();
-            async move { queue.reply(&msg, msg.payload.clone()).await }
-        })
-        .await?;
-    let client = MessageQueue::new(TcpClientTransport::connect(addr).await?);
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let server = peer(move || async move {
+        let transport = TcpServerTransport::bind("127.0.0.1:0").await?;
+        let _ = addr_tx.send(transport.local_addr());
+        let server = MessageQueue::new(transport);
+        let responder = server.clone();
+        server
+            .on("bench.echo", move |msg| {
+                let queue = responder.clone();
+                async move { queue.reply(&msg, msg.payload.clone()).await }
+            })
+            .await?;
+        let _ = done_rx.await;
+        server.close().await?;
+        Ok(())
+    });
+    let client = MessageQueue::new(TcpClientTransport::connect(addr_rx.await?).await?);
     let mut latencies = Vec::with_capacity(n);
     for i in 0..n {
         let started = Instant::now();
@@ -283,21 +327,23 @@ async fn request_reply(n: usize) -> Result<(Duration, Duration), AnyError> {
         debug_assert_eq!(reply.payload["n"], i as u64);
     }
     client.close().await?;
-    server.close().await?;
+    let _ = done_tx.send(());
+    joined(server).await?;
     Ok(percentiles(latencies))
 }
 
 async fn bare_echo(frame: Bytes, n: usize) -> Result<(Duration, Duration), AnyError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let echo = tokio::spawn(async move {
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let echo = peer(move || async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let _ = addr_tx.send(listener.local_addr()?);
         let (mut socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
         let mut body = Vec::new();
         loop {
             let length = match socket.read_u32().await {
                 Ok(length) => length as usize,
-                Err(_) => return Ok::<(), std::io::Error>(()),
+                Err(_) => return Ok(()),
             };
             body.resize(length + 4, 0);
             body[..4].copy_from_slice(&(length as u32).to_be_bytes());
@@ -305,7 +351,7 @@ async fn bare_echo(frame: Bytes, n: usize) -> Result<(Duration, Duration), AnyEr
             socket.write_all(&body).await?;
         }
     });
-    let mut socket = TcpStream::connect(addr).await?;
+    let mut socket = TcpStream::connect(addr_rx.await?).await?;
     socket.set_nodelay(true)?;
     let mut latencies = Vec::with_capacity(n);
     let mut back = Vec::new();
@@ -318,7 +364,7 @@ async fn bare_echo(frame: Bytes, n: usize) -> Result<(Duration, Duration), AnyEr
         latencies.push(started.elapsed());
     }
     drop(socket);
-    echo.await??;
+    joined(echo).await?;
     Ok(percentiles(latencies))
 }
 

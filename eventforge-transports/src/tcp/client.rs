@@ -31,6 +31,7 @@ use super::codec::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
 use super::control;
 use super::error::TcpError;
 use super::writer::write_frames;
+use super::READ_BUFFER;
 
 /// Name of this transport in errors and logs.
 const NAME: &str = "tcp";
@@ -324,7 +325,7 @@ async fn establish(shared: &Arc<Shared>) -> std::io::Result<Session> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
-    let mut frames = FramedRead::new(read, shared.codec);
+    let mut frames = FramedRead::with_capacity(read, shared.codec, READ_BUFFER);
     let mut early = None;
     let server_filters = match tokio::time::timeout(options.hello_timeout, frames.next()).await {
         Ok(Some(Ok(first))) if first.topic == control::HELLO => true,

@@ -31,6 +31,10 @@ pub use error::{RemoteQueueError, TcpError};
 pub use remote_queue::RemoteQueue;
 pub use server::{ServerStats, SlowClientPolicy, TcpServerBuilder, TcpServerTransport};
 
+/// Initial read buffer of a connection: one read takes in hundreds of small
+/// frames under load.
+const READ_BUFFER: usize = 64 * 1024;
+
 impl From<TcpError> for eventforge_core::Error {
     fn from(error: TcpError) -> Self {
         eventforge_core::Error::transport("tcp", error)

@@ -30,6 +30,7 @@ use super::codec::{FrameCodec, DEFAULT_MAX_FRAME};
 use super::control;
 use super::error::TcpError;
 use super::writer::write_frames;
+use super::READ_BUFFER;
 
 /// Name of this transport in errors and logs.
 const NAME: &str = "tcp";
@@ -562,7 +563,7 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) 
     shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %addr, client = client.id, "client connected");
 
-    let mut frames = FramedRead::new(read, shared.codec);
+    let mut frames = FramedRead::with_capacity(read, shared.codec, READ_BUFFER);
     let reason = loop {
         let next = tokio::select! {
             biased;
