@@ -175,9 +175,23 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench --bench memory -- NAME` runs only the figures whose label contains NAME.
+    let only = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let wanted = |label: &str| only.as_deref().is_none_or(|only| label.contains(only));
     runtime.block_on(async {
         println!("eventforge memory benchmarks ({MESSAGES} messages per run, median of {RUNS})");
         println!();
+        if !wanted("pub/sub") {
+            if wanted("request") {
+                let rr = measure(request_reply).await;
+                println!(
+                    "{:<52} {:>12}",
+                    "request/reply round trips, sequential",
+                    human(rr)
+                );
+            }
+            return;
+        }
         let floor = measure(bare_mpsc).await;
         println!(
             "{:<52} {:>12}",
