@@ -40,3 +40,8 @@ pub use eventforge_transports as transports;
 /// Procedural macros.
 #[cfg(feature = "macros")]
 pub use eventforge_macros as macros;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

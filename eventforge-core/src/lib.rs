@@ -40,7 +40,7 @@ pub use handler::{AsyncHandler, HandlerOutput, HandlerReturn, SyncHandler};
 pub use memory::{MemoryTransport, MemoryTransportBuilder};
 pub use message::{new_id, Headers, Message};
 pub use queue::{HandlerId, MessageQueue, QueueStats};
-pub use router::{OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
+pub use router::{AwaitedReplyGuard, OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
 pub use subscription::{Subscription, SubscriptionId};
 pub use topic::{validate_topic, IntoPattern, Pattern, PatternTrie, Segment};
 pub use transport::{await_reply, prepare_request, Capabilities, Transport, REPLY_PREFIX};

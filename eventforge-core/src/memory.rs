@@ -13,7 +13,7 @@ use crate::message::Message;
 use crate::router::{OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
 use crate::subscription::{Subscription, SubscriptionId};
 use crate::topic::Pattern;
-use crate::transport::{await_reply, prepare_request, Capabilities, Transport};
+use crate::transport::{prepare_request, Capabilities, Transport};
 
 /// An in-process [`Transport`]. Cheap to clone: clones share the same bus.
 ///
@@ -128,12 +128,12 @@ impl Transport for MemoryTransport {
         self.check_open()?;
         let (message, correlation_id) = prepare_request(message);
         let reply_to = message.reply_to.as_deref().unwrap_or_default();
-        let subscription = self.router.subscribe(Pattern::parse(reply_to)?)?;
+        let reply = self.router.await_reply(reply_to, &correlation_id)?;
         let topic = message.topic.clone();
         if self.router.route(Arc::new(message)).await? == 0 {
             return Err(Error::NoResponders { topic });
         }
-        await_reply(subscription, &correlation_id, timeout).await
+        reply.wait(timeout).await
     }
 
     async fn close(&self) -> Result<()> {

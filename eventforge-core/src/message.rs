@@ -76,7 +76,12 @@ pub fn now() -> DateTime<Utc> {
 
 /// A fresh message id: a UUID v4 in canonical hyphenated form.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    // Encoding into a stack buffer skips the formatting machinery of `to_string`.
+    let mut buffer = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .to_owned()
 }
 
 impl Message {

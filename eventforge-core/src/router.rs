@@ -6,10 +6,12 @@
 //! [`OverflowPolicy`] when one is full.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::message::Message;
@@ -74,6 +76,11 @@ pub struct Router {
     capacity: usize,
     policy: OverflowPolicy,
     closed: AtomicBool,
+    // One-shot routes for replies awaited by `request`, keyed by reply topic:
+    // cheaper than a subscription for a route that lives one round trip.
+    replies: Mutex<HashMap<Box<str>, AwaitedReply>>,
+    // Lets `route` skip the reply table without locking when it is empty.
+    awaited_replies: AtomicUsize,
     routed: AtomicU64,
     dropped: AtomicU64,
     waited: AtomicU64,
@@ -86,6 +93,12 @@ pub struct Router {
 struct Table {
     trie: PatternTrie<Route>,
     patterns: HashMap<SubscriptionId, Pattern>,
+}
+
+#[derive(Debug)]
+struct AwaitedReply {
+    correlation_id: String,
+    sender: oneshot::Sender<Arc<Message>>,
 }
 
 #[derive(Debug)]
@@ -106,6 +119,8 @@ impl Router {
             capacity: capacity.max(1),
             policy,
             closed: AtomicBool::new(false),
+            replies: Mutex::default(),
+            awaited_replies: AtomicUsize::new(0),
             routed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             waited: AtomicU64::new(0),
@@ -159,7 +174,7 @@ impl Router {
     /// topic, applying the overflow policy; returns how many matched.
     pub async fn route(&self, message: Arc<Message>) -> Result<usize> {
         self.routed.fetch_add(1, Ordering::Relaxed);
-        let mut matched = 0;
+        let mut matched = usize::from(self.complete_reply(&message));
         let mut full: Vec<(mpsc::Sender<Arc<Message>>, Arc<Message>)> = Vec::new();
         let mut overflowed = false;
         {
@@ -193,6 +208,75 @@ impl Router {
             });
         }
         Ok(matched)
+    }
+
+    /// Registers a one-shot route for the reply to a request: the first
+    /// message on `reply_topic` whose correlation id is `correlation_id` (or
+    /// that has none) is handed to the returned [`AwaitedReplyGuard`].
+    ///
+    /// Fails with [`Error::Closed`] once the router is closed.
+    pub fn await_reply(
+        &self,
+        reply_topic: &str,
+        correlation_id: &str,
+    ) -> Result<AwaitedReplyGuard> {
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut replies = self.replies();
+            if self.is_closed() {
+                return Err(Error::Closed(self.transport));
+            }
+            let awaited = AwaitedReply {
+                correlation_id: correlation_id.to_owned(),
+                sender,
+            };
+            if replies.insert(reply_topic.into(), awaited).is_none() {
+                self.awaited_replies.fetch_add(1, Ordering::Release);
+            }
+        }
+        Ok(AwaitedReplyGuard {
+            router: self.this.clone(),
+            topic: reply_topic.into(),
+            receiver,
+        })
+    }
+
+    // Hands `message` to the request awaiting it, if any.
+    fn complete_reply(&self, message: &Arc<Message>) -> bool {
+        if self.awaited_replies.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut replies = self.replies();
+        let Some(awaited) = replies.get(message.topic.as_str()) else {
+            return false;
+        };
+        if let Some(got) = message.correlation_id.as_deref() {
+            if got != awaited.correlation_id {
+                tracing::debug!(
+                    topic = %message.topic,
+                    expected = %awaited.correlation_id,
+                    got,
+                    "skipping a reply for another request"
+                );
+                return false;
+            }
+        }
+        let awaited = replies
+            .remove(message.topic.as_str())
+            .expect("entry seen under the same lock");
+        self.awaited_replies.fetch_sub(1, Ordering::Release);
+        // An error means the requester gave up meanwhile: the reply is dropped.
+        awaited.sender.send(Arc::clone(message)).is_ok()
+    }
+
+    fn forget_reply(&self, topic: &str) {
+        if self.replies().remove(topic).is_some() {
+            self.awaited_replies.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    fn replies(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, AwaitedReply>> {
+        self.replies.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn record_drop(&self, route: &Route, message: &Message) {
@@ -247,6 +331,11 @@ impl Router {
         let mut table = self.write();
         self.closed.store(true, Ordering::Release);
         *table = Table::default();
+        drop(table);
+        let mut replies = self.replies();
+        self.awaited_replies
+            .fetch_sub(replies.len(), Ordering::Release);
+        replies.clear();
     }
 
     /// True once [`close`](Self::close) has been called.
@@ -260,5 +349,43 @@ impl Router {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
         self.table.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A reply awaited through [`Router::await_reply`]. Dropping it (after a
+/// timeout, say) removes the route, so a late reply leaks nothing.
+#[derive(Debug)]
+pub struct AwaitedReplyGuard {
+    router: Weak<Router>,
+    topic: Box<str>,
+    receiver: oneshot::Receiver<Arc<Message>>,
+}
+
+impl AwaitedReplyGuard {
+    /// Waits up to `timeout` for the reply.
+    ///
+    /// Fails with [`Error::Timeout`] when none comes in time, and with
+    /// [`Error::Closed`] when the router closes first.
+    pub async fn wait(mut self, timeout: Duration) -> Result<Arc<Message>> {
+        match tokio::time::timeout(timeout, &mut self.receiver).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Error::Closed(
+                self.router
+                    .upgrade()
+                    .map_or("closed", |router| router.transport),
+            )),
+            Err(_) => Err(Error::Timeout {
+                waiting_for: format!("a reply on {}", self.topic),
+                timeout,
+            }),
+        }
+    }
+}
+
+impl Drop for AwaitedReplyGuard {
+    fn drop(&mut self) {
+        if let Some(router) = self.router.upgrade() {
+            router.forget_reply(&self.topic);
+        }
     }
 }
