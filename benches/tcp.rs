@@ -71,6 +71,20 @@ async fn run() -> Result<(), AnyError> {
     if wanted("codec") {
         codec_costs(&frame)?;
     }
+    if wanted("up") || wanted("down") {
+        pub_sub_section(&frame).await?;
+    }
+    if wanted("rr") {
+        request_reply_section().await?;
+    }
+    if wanted("memory") {
+        println!("server memory while one client floods it for 4 s");
+        flood_memory(frame).await?;
+    }
+    Ok(())
+}
+
+async fn pub_sub_section(frame: &Bytes) -> Result<(), AnyError> {
     let raw = median(RUNS, || raw_one_way(frame.clone(), PUBSUB_MESSAGES)).await?;
     println!("  raw tokio frames, one way (floor)    {raw:>10.0} msg/s");
     if wanted("up") {
@@ -84,14 +98,6 @@ async fn run() -> Result<(), AnyError> {
         println!("  server -> client subscriber          {down:>10.0} msg/s  ({share:.0}% of raw)");
     }
     println!();
-
-    if wanted("rr") {
-        request_reply_section().await?;
-    }
-    if wanted("memory") {
-        println!("server memory while one client floods it for 4 s");
-        flood_memory(frame).await?;
-    }
     Ok(())
 }
 

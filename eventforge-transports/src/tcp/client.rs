@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use eventforge_core::{
-    new_id, Capabilities, Error, Message, OverflowPolicy, Pattern, Result, Router, RouterStats,
-    Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
+    new_id, prepare_request, Capabilities, Error, Message, OverflowPolicy, Pattern, Result, Router,
+    RouterStats, Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
 };
 use futures::StreamExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -629,6 +629,17 @@ impl Transport for TcpClientTransport {
             .await
             .map_err(|_| shared.not_connected())?;
         shared.router.route(Arc::new(message)).await.map(drop)
+    }
+
+    /// Sends a request and waits for its reply on a one-shot local route:
+    /// the server sends the reply back to this connection without any
+    /// subscription being declared.
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Arc<Message>> {
+        let (message, correlation_id) = prepare_request(message);
+        let reply_to = message.reply_to.clone().unwrap_or_default();
+        let reply = self.shared.router.await_reply(&reply_to, &correlation_id)?;
+        self.send(message).await?;
+        reply.wait(timeout).await
     }
 
     /// Subscribes locally and declares the pattern to the server; returns

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use eventforge_core::{
-    Capabilities, Error, Message, OverflowPolicy, Pattern, PatternTrie, Result, Router,
-    RouterStats, Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
+    prepare_request, Capabilities, Error, Message, OverflowPolicy, Pattern, PatternTrie, Result,
+    Router, RouterStats, Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
 };
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -741,6 +741,16 @@ impl Transport for TcpServerTransport {
         self.shared.router.route(Arc::new(message)).await.map(drop)
     }
 
+    /// Sends a request to the clients (and local subscribers) and waits for
+    /// its reply on a one-shot local route.
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Arc<Message>> {
+        let (message, correlation_id) = prepare_request(message);
+        let reply_to = message.reply_to.clone().unwrap_or_default();
+        let reply = self.shared.router.await_reply(&reply_to, &correlation_id)?;
+        self.send(message).await?;
+        reply.wait(timeout).await
+    }
+
     async fn subscribe(&self, pattern: Pattern) -> Result<Subscription> {
         self.shared.router.subscribe(pattern)
     }
@@ -774,5 +784,43 @@ impl Transport for TcpServerTransport {
 
     fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_routes_forget_the_oldest_beyond_their_bound() {
+        let mut routes = ReplyRoutes::new(Duration::from_secs(60), 3);
+        for n in 0..10 {
+            routes.remember(&format!("_reply.{n}"), n);
+        }
+        assert!(routes.by_topic.len() <= 3 && routes.order.len() <= 3);
+        assert_eq!(routes.take("_reply.9"), Some(9));
+        assert_eq!(routes.take("_reply.0"), None, "the oldest was forgotten");
+    }
+
+    #[test]
+    fn a_reply_route_is_used_once() {
+        let mut routes = ReplyRoutes::new(Duration::from_secs(60), 10);
+        routes.remember("_reply.a", 1);
+        assert_eq!(routes.take("_reply.a"), Some(1));
+        assert_eq!(routes.take("_reply.a"), None);
+    }
+
+    #[test]
+    fn expired_reply_routes_are_not_used_and_are_purged() {
+        let mut routes = ReplyRoutes::new(Duration::ZERO, 10);
+        routes.remember("_reply.a", 1);
+        assert_eq!(routes.take("_reply.a"), None);
+        routes.remember("_reply.b", 2);
+        routes.remember("_reply.c", 3);
+        assert_eq!(
+            routes.by_topic.len(),
+            1,
+            "expired entries are purged on insert"
+        );
     }
 }
