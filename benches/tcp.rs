@@ -85,20 +85,69 @@ async fn run() -> Result<(), AnyError> {
 }
 
 async fn pub_sub_section(frame: &Bytes) -> Result<(), AnyError> {
+    println!("  (CPU per message is measured per thread: on a loaded machine the rate");
+    println!("   is limited by the CPU share each side gets, not by its own cost)");
     let raw = median(RUNS, || raw_one_way(frame.clone(), PUBSUB_MESSAGES)).await?;
-    println!("  raw tokio frames, one way (floor)    {raw:>10.0} msg/s");
+    raw.print("raw tokio frames, one way (floor)", None);
     if wanted("up") {
         let up = median(RUNS, || client_to_server(PUBSUB_MESSAGES)).await?;
-        let share = 100.0 * up / raw;
-        println!("  client -> server subscriber          {up:>10.0} msg/s  ({share:.0}% of raw)");
+        up.print("client -> server subscriber", Some(&raw));
     }
     if wanted("down") {
         let down = median(RUNS, || server_to_client(PUBSUB_MESSAGES)).await?;
-        let share = 100.0 * down / raw;
-        println!("  server -> client subscriber          {down:>10.0} msg/s  ({share:.0}% of raw)");
+        down.print("server -> client subscriber", Some(&raw));
     }
     println!();
     Ok(())
+}
+
+/// One pub-sub run: the rate, and the CPU time each side spent per message.
+#[derive(Debug, Clone, Copy)]
+struct Throughput {
+    rate: f64,
+    sender_cpu: Duration,
+    receiver_cpu: Duration,
+}
+
+impl Throughput {
+    fn new(messages: u64, elapsed: Duration, sender_cpu: Duration, receiver_cpu: Duration) -> Self {
+        let n = u32::try_from(messages).unwrap_or(u32::MAX);
+        Throughput {
+            rate: messages as f64 / elapsed.as_secs_f64(),
+            sender_cpu: sender_cpu / n,
+            receiver_cpu: receiver_cpu / n,
+        }
+    }
+
+    /// The rate if each side had a core to itself: the busier side's limit.
+    fn dedicated_rate(&self) -> f64 {
+        1.0 / self.sender_cpu.max(self.receiver_cpu).as_secs_f64()
+    }
+
+    fn print(&self, what: &str, floor: Option<&Throughput>) {
+        let share = floor.map_or(String::new(), |f| {
+            format!(" ({:.0}% of raw)", 100.0 * self.rate / f.rate)
+        });
+        println!("  {what:<36} {:>10.0} msg/s{share}", self.rate);
+        println!(
+            "  {:<36} CPU per message: sender {:.2} µs, receiver {:.2} µs -> {:.0} msg/s with a core per side",
+            "",
+            micros(self.sender_cpu),
+            micros(self.receiver_cpu),
+            self.dedicated_rate()
+        );
+    }
+}
+
+/// CPU time the calling thread has used (Linux).
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let nanos = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(nanos)
 }
 
 async fn request_reply_section() -> Result<(), AnyError> {
@@ -130,16 +179,16 @@ async fn request_reply_section() -> Result<(), AnyError> {
     Ok(())
 }
 
-async fn median<F, Fut>(runs: usize, mut measure: F) -> Result<f64, AnyError>
+async fn median<F, Fut>(runs: usize, mut measure: F) -> Result<Throughput, AnyError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<f64, AnyError>>,
+    Fut: std::future::Future<Output = Result<Throughput, AnyError>>,
 {
     let mut figures = Vec::with_capacity(runs);
     for _ in 0..runs {
         figures.push(measure().await?);
     }
-    figures.sort_by(f64::total_cmp);
+    figures.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     Ok(figures[figures.len() / 2])
 }
 
@@ -187,13 +236,14 @@ async fn joined<T>(peer: oneshot::Receiver<Result<T, AnyError>>) -> Result<T, An
     peer.await.map_err(|_| "the peer thread died")?
 }
 
-async fn raw_one_way(frame: Bytes, n: u64) -> Result<f64, AnyError> {
+async fn raw_one_way(frame: Bytes, n: u64) -> Result<Throughput, AnyError> {
     let (addr_tx, addr_rx) = oneshot::channel();
     let reader = peer(move || async move {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let _ = addr_tx.send(listener.local_addr()?);
         let (socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
+        let cpu = thread_cpu();
         let mut frames = FramedRead::new(socket, LengthDelimitedCodec::new());
         let mut got = 0;
         while got < n {
@@ -205,44 +255,51 @@ async fn raw_one_way(frame: Bytes, n: u64) -> Result<f64, AnyError> {
                 None => return Err("stream ended early".into()),
             }
         }
-        Ok(Instant::now())
+        Ok((Instant::now(), thread_cpu() - cpu))
     });
     let socket = TcpStream::connect(addr_rx.await?).await?;
     socket.set_nodelay(true)?;
     let mut writer = BufWriter::with_capacity(64 * 1024, socket);
     let started = Instant::now();
+    let cpu = thread_cpu();
     for _ in 0..n {
         writer.write_all(&frame).await?;
     }
     writer.flush().await?;
-    let done = joined(reader).await?;
-    Ok(n as f64 / (done - started).as_secs_f64())
+    let sender_cpu = thread_cpu() - cpu;
+    let (done, receiver_cpu) = joined(reader).await?;
+    Ok(Throughput::new(n, done - started, sender_cpu, receiver_cpu))
 }
 
-async fn client_to_server(n: u64) -> Result<f64, AnyError> {
+async fn client_to_server(n: u64) -> Result<Throughput, AnyError> {
     let (addr_tx, addr_rx) = oneshot::channel();
     let server = peer(move || async move {
         let server = TcpServerTransport::bind("127.0.0.1:0").await?;
         let mut inbox = server.subscribe(Pattern::parse("bench.data")?).await?;
         let _ = addr_tx.send(server.local_addr());
+        let cpu = thread_cpu();
         let got = count(&mut inbox, n).await;
         let done = Instant::now();
+        let cpu = thread_cpu() - cpu;
         server.close().await?;
         if got < n {
             return Err(format!("only {got} of {n} messages arrived").into());
         }
-        Ok(done)
+        Ok((done, cpu))
     });
     let client = MessageQueue::new(TcpClientTransport::connect(addr_rx.await?).await?);
     let started = Instant::now();
+    let cpu = thread_cpu();
     for i in 0..n {
         client
             .publish("bench.data", Tick { n: i, kind: "tick" })
             .await?;
     }
-    let done = joined(server).await?;
+    let (done, receiver_cpu) = joined(server).await?;
+    // The client thread idles while it waits: its CPU time is the sending.
+    let sender_cpu = thread_cpu() - cpu;
     client.close().await?;
-    Ok(n as f64 / (done - started).as_secs_f64())
+    Ok(Throughput::new(n, done - started, sender_cpu, receiver_cpu))
 }
 
 async fn count(inbox: &mut eventforge::Subscription, n: u64) -> u64 {
@@ -259,7 +316,7 @@ async fn count(inbox: &mut eventforge::Subscription, n: u64) -> u64 {
     got
 }
 
-async fn server_to_client(n: u64) -> Result<f64, AnyError> {
+async fn server_to_client(n: u64) -> Result<Throughput, AnyError> {
     let (addr_tx, addr_rx) = oneshot::channel();
     let (go_tx, go_rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -273,28 +330,32 @@ async fn server_to_client(n: u64) -> Result<f64, AnyError> {
         let _ = addr_tx.send(server.local_addr());
         let queue = MessageQueue::new(server);
         go_rx.await?;
+        let cpu = thread_cpu();
         for i in 0..n {
             queue
                 .publish("bench.data", Tick { n: i, kind: "tick" })
                 .await?;
         }
         let _ = done_rx.await;
+        let cpu = thread_cpu() - cpu;
         queue.close().await?;
-        Ok(())
+        Ok(cpu)
     });
     let client = TcpClientTransport::connect(addr_rx.await?).await?;
     let mut inbox = client.subscribe(Pattern::parse("bench.data")?).await?;
     let started = Instant::now();
+    let cpu = thread_cpu();
     let _ = go_tx.send(());
     let got = count(&mut inbox, n).await;
     let elapsed = started.elapsed();
+    let receiver_cpu = thread_cpu() - cpu;
     let _ = done_tx.send(());
-    joined(server).await?;
+    let sender_cpu = joined(server).await?;
     client.close().await?;
     if got < n {
         return Err(format!("only {got} of {n} messages arrived").into());
     }
-    Ok(n as f64 / elapsed.as_secs_f64())
+    Ok(Throughput::new(n, elapsed, sender_cpu, receiver_cpu))
 }
 
 async fn request_reply(n: usize) -> Result<(Duration, Duration), AnyError> {

@@ -428,11 +428,16 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
 
 /// Routes what the server sends until the connection ends; returns why.
 async fn read_frames(shared: &Shared, session: &mut Session) -> String {
+    // Made once: a fresh `cancelled()` per frame would register a waiter each time.
+    let shutdown = shared.shutdown.cancelled();
+    let abort = session.abort.clone();
+    let abort = abort.cancelled();
+    tokio::pin!(shutdown, abort);
     loop {
         let next = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return "client closing".to_owned(),
-            _ = session.abort.cancelled() => return "connection cut".to_owned(),
+            _ = &mut shutdown => return "client closing".to_owned(),
+            _ = &mut abort => return "connection cut".to_owned(),
             next = session.frames.next() => next,
         };
         match next {
@@ -443,7 +448,7 @@ async fn read_frames(shared: &Shared, session: &mut Session) -> String {
             }
             // A full local subscription makes this wait, but never past close.
             Some(Ok(message)) => tokio::select! {
-                _ = shared.shutdown.cancelled() => return "client closing".to_owned(),
+                _ = &mut shutdown => return "client closing".to_owned(),
                 () = deliver(shared, message) => {}
             },
         }

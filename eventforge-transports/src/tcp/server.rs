@@ -564,11 +564,15 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) 
     tracing::debug!(peer = %addr, client = client.id, "client connected");
 
     let mut frames = FramedRead::with_capacity(read, shared.codec, READ_BUFFER);
+    // Made once: a fresh `cancelled()` per frame would register a waiter each time.
+    let shutdown = shared.shutdown.cancelled();
+    let disconnect = client.disconnect.cancelled();
+    tokio::pin!(shutdown, disconnect);
     let reason = loop {
         let next = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => break "server closing".to_owned(),
-            _ = client.disconnect.cancelled() => break "disconnected by the server".to_owned(),
+            _ = &mut shutdown => break "server closing".to_owned(),
+            _ = &mut disconnect => break "disconnected by the server".to_owned(),
             next = frames.next() => next,
         };
         match next {
@@ -591,7 +595,7 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) 
                 // A full local subscription makes this wait (slowing this
                 // client down), but never past close.
                 let routed = tokio::select! {
-                    _ = shared.shutdown.cancelled() => break "server closing".to_owned(),
+                    _ = &mut shutdown => break "server closing".to_owned(),
                     routed = shared.router.route(Arc::new(message)) => routed,
                 };
                 if let Err(error) = routed {

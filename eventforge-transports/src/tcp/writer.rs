@@ -28,10 +28,13 @@ pub(crate) async fn write_frames(
 ) {
     let mut batch = BytesMut::with_capacity(BATCH_BYTES);
     let mut frames = Vec::with_capacity(64);
+    // Made once: a fresh `cancelled()` per batch would register a waiter each time.
+    let aborted = abort.cancelled();
+    tokio::pin!(aborted);
     loop {
         let received = tokio::select! {
             biased;
-            _ = abort.cancelled() => return,
+            _ = &mut aborted => return,
             n = outbound.recv_many(&mut frames, 256) => n,
         };
         if received == 0 {
@@ -58,7 +61,7 @@ pub(crate) async fn write_frames(
         };
         let written = tokio::select! {
             biased;
-            _ = abort.cancelled() => return,
+            _ = &mut aborted => return,
             written = write => written,
         };
         if let Err(error) = written {
