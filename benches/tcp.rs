@@ -162,19 +162,10 @@ async fn request_reply_section() -> Result<(), AnyError> {
         echo.push(bare_echo(request_frame.clone(), ROUND_TRIPS).await?);
         queue.push(request_reply(ROUND_TRIPS).await?);
     }
-    let (echo_p50, echo_p99) = middle(echo);
-    let (rr_p50, rr_p99) = middle(queue);
-    println!(
-        "  bare tokio echo (floor)   p50 {:>7.1} µs   p99 {:>7.1} µs",
-        micros(echo_p50),
-        micros(echo_p99)
-    );
-    println!(
-        "  MessageQueue.request      p50 {:>7.1} µs   p99 {:>7.1} µs   ({:.2}x the echo median)",
-        micros(rr_p50),
-        micros(rr_p99),
-        rr_p50.as_secs_f64() / echo_p50.as_secs_f64()
-    );
+    let echo = middle(echo);
+    let queue = middle(queue);
+    echo.print("bare tokio echo (floor)", None);
+    queue.print("MessageQueue.request", Some(&echo));
     println!();
     Ok(())
 }
@@ -192,24 +183,57 @@ where
     Ok(figures[figures.len() / 2])
 }
 
-/// Median of the runs' medians and of their p99s.
-fn middle(mut runs: Vec<(Duration, Duration)>) -> (Duration, Duration) {
-    runs.sort();
-    let p50 = runs[runs.len() / 2].0;
-    let mut p99s: Vec<Duration> = runs.iter().map(|r| r.1).collect();
-    p99s.sort();
-    (p50, p99s[p99s.len() / 2])
+/// Round trips of one run: latency percentiles, and the CPU time each
+/// side spent per round trip.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+    client_cpu: Duration,
+    server_cpu: Duration,
+}
+
+impl Latency {
+    fn new(mut latencies: Vec<Duration>, client_cpu: Duration, server_cpu: Duration) -> Self {
+        latencies.sort();
+        let n = u32::try_from(latencies.len()).unwrap_or(u32::MAX).max(1);
+        Latency {
+            p50: latencies[latencies.len() / 2],
+            p99: latencies[latencies.len() * 99 / 100],
+            client_cpu: client_cpu / n,
+            server_cpu: server_cpu / n,
+        }
+    }
+
+    fn print(&self, what: &str, floor: Option<&Latency>) {
+        let ratio = floor.map_or(String::new(), |f| {
+            format!(
+                "   ({:.2}x the echo median)",
+                self.p50.as_secs_f64() / f.p50.as_secs_f64()
+            )
+        });
+        println!(
+            "  {what:<25} p50 {:>7.1} µs   p99 {:>7.1} µs{ratio}",
+            micros(self.p50),
+            micros(self.p99)
+        );
+        println!(
+            "  {:<25} CPU per round trip: client {:.1} µs, server {:.1} µs",
+            "",
+            micros(self.client_cpu),
+            micros(self.server_cpu)
+        );
+    }
+}
+
+/// The run with the median p50.
+fn middle(mut runs: Vec<Latency>) -> Latency {
+    runs.sort_by_key(|run| run.p50);
+    runs[runs.len() / 2]
 }
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn percentiles(mut latencies: Vec<Duration>) -> (Duration, Duration) {
-    latencies.sort();
-    let p50 = latencies[latencies.len() / 2];
-    let p99 = latencies[latencies.len() * 99 / 100];
-    (p50, p99)
 }
 
 /// Runs `work` on a thread of its own with a single-threaded runtime, as a
@@ -358,7 +382,7 @@ async fn server_to_client(n: u64) -> Result<Throughput, AnyError> {
     Ok(Throughput::new(n, elapsed, sender_cpu, receiver_cpu))
 }
 
-async fn request_reply(n: usize) -> Result<(Duration, Duration), AnyError> {
+async fn request_reply(n: usize) -> Result<Latency, AnyError> {
     let (addr_tx, addr_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel::<()>();
     let server = peer(move || async move {
@@ -372,12 +396,15 @@ async fn request_reply(n: usize) -> Result<(Duration, Duration), AnyError> {
                 async move { queue.reply(&msg, msg.payload.clone()).await }
             })
             .await?;
+        let cpu = thread_cpu();
         let _ = done_rx.await;
+        let cpu = thread_cpu() - cpu;
         server.close().await?;
-        Ok(())
+        Ok(cpu)
     });
     let client = MessageQueue::new(TcpClientTransport::connect(addr_rx.await?).await?);
     let mut latencies = Vec::with_capacity(n);
+    let cpu = thread_cpu();
     for i in 0..n {
         let started = Instant::now();
         let reply = client
@@ -393,24 +420,26 @@ async fn request_reply(n: usize) -> Result<(Duration, Duration), AnyError> {
         latencies.push(started.elapsed());
         debug_assert_eq!(reply.payload["n"], i as u64);
     }
-    client.close().await?;
+    let client_cpu = thread_cpu() - cpu;
     let _ = done_tx.send(());
-    joined(server).await?;
-    Ok(percentiles(latencies))
+    let server_cpu = joined(server).await?;
+    client.close().await?;
+    Ok(Latency::new(latencies, client_cpu, server_cpu))
 }
 
-async fn bare_echo(frame: Bytes, n: usize) -> Result<(Duration, Duration), AnyError> {
+async fn bare_echo(frame: Bytes, n: usize) -> Result<Latency, AnyError> {
     let (addr_tx, addr_rx) = oneshot::channel();
     let echo = peer(move || async move {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let _ = addr_tx.send(listener.local_addr()?);
         let (mut socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
+        let cpu = thread_cpu();
         let mut body = Vec::new();
         loop {
             let length = match socket.read_u32().await {
                 Ok(length) => length as usize,
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(thread_cpu() - cpu),
             };
             body.resize(length + 4, 0);
             body[..4].copy_from_slice(&(length as u32).to_be_bytes());
@@ -422,6 +451,7 @@ async fn bare_echo(frame: Bytes, n: usize) -> Result<(Duration, Duration), AnyEr
     socket.set_nodelay(true)?;
     let mut latencies = Vec::with_capacity(n);
     let mut back = Vec::new();
+    let cpu = thread_cpu();
     for _ in 0..n {
         let started = Instant::now();
         socket.write_all(&frame).await?;
@@ -430,9 +460,10 @@ async fn bare_echo(frame: Bytes, n: usize) -> Result<(Duration, Duration), AnyEr
         socket.read_exact(&mut back).await?;
         latencies.push(started.elapsed());
     }
+    let client_cpu = thread_cpu() - cpu;
     drop(socket);
-    joined(echo).await?;
-    Ok(percentiles(latencies))
+    let server_cpu = joined(echo).await?;
+    Ok(Latency::new(latencies, client_cpu, server_cpu))
 }
 
 fn rss_mib() -> f64 {
