@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use super::codec::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
 use super::control;
 use super::error::TcpError;
+use super::lock;
 use super::writer::write_frames;
 use super::READ_BUFFER;
 
@@ -303,10 +304,6 @@ struct Session {
     frames: FramedRead<OwnedReadHalf, FrameCodec>,
     // Cuts this connection's writer.
     abort: CancellationToken,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn frame_to_io(error: FrameError) -> std::io::Error {

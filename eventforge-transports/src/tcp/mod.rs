@@ -31,6 +31,22 @@ pub use error::{RemoteQueueError, TcpError};
 pub use remote_queue::RemoteQueue;
 pub use server::{ServerStats, SlowClientPolicy, TcpServerBuilder, TcpServerTransport};
 
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+// A panic while a lock is held leaves plain data behind (maps, counters):
+// carrying on with it beats poisoning every later call.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Initial read buffer of a connection: one read takes in hundreds of small
 /// frames under load.
 const READ_BUFFER: usize = 64 * 1024;

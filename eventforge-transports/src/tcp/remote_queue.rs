@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use eventforge_core::{
     validate_topic, HandlerId, HandlerReturn, IntoPattern, Message, MessageQueue, Subscription,
@@ -19,6 +19,7 @@ use tokio::net::ToSocketAddrs;
 
 use super::client::{TcpClientBuilder, TcpClientTransport};
 use super::error::RemoteQueueError;
+use super::lock;
 
 /// Header naming the node a message was sent from.
 pub const SOURCE_NODE_HEADER: &str = "source_node";
@@ -276,6 +277,6 @@ impl RemoteQueue {
     }
 
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, TcpClientTransport>> {
-        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.peers)
     }
 }

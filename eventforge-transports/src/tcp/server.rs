@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -31,6 +31,7 @@ use super::control;
 use super::error::TcpError;
 use super::writer::write_frames;
 use super::READ_BUFFER;
+use super::{lock, read_lock, write_lock};
 
 /// Name of this transport in errors and logs.
 const NAME: &str = "tcp";
@@ -450,10 +451,6 @@ impl Client {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl TcpServerTransport {
     /// Listens on `addr` with default options.
     pub async fn bind(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Self, TcpError> {
@@ -472,11 +469,7 @@ impl TcpServerTransport {
 
     /// Addresses of the clients connected now.
     pub fn clients(&self) -> Vec<SocketAddr> {
-        let clients = self
-            .shared
-            .clients
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let clients = read_lock(&self.shared.clients);
         clients.values().map(|client| client.addr).collect()
     }
 
@@ -484,12 +477,7 @@ impl TcpServerTransport {
     pub fn stats(&self) -> ServerStats {
         let c = &self.shared.counters;
         ServerStats {
-            clients: self
-                .shared
-                .clients
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
+            clients: read_lock(&self.shared.clients).len(),
             accepted: c.accepted.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             bad_input_disconnects: c.bad_input.load(Ordering::Relaxed),
@@ -555,11 +543,7 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) 
     shared
         .tasks
         .spawn(write_frames(write, queue, client.disconnect.clone(), addr));
-    shared
-        .clients
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(client.id, Arc::clone(&client));
+    write_lock(&shared.clients).insert(client.id, Arc::clone(&client));
     shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %addr, client = client.id, "client connected");
 
@@ -604,11 +588,7 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) 
             }
         }
     };
-    shared
-        .clients
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&client.id);
+    write_lock(&shared.clients).remove(&client.id);
     tracing::debug!(peer = %addr, client = client.id, %reason, "client disconnected");
     // Dropping the last sender lets the writer drain what is queued and end.
 }
@@ -622,10 +602,7 @@ fn handle_control(shared: &Shared, client: &Client, message: Message) {
         }
     };
     {
-        let mut filter = client
-            .filter
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut filter = write_lock(&client.filter);
         match message.topic.as_str() {
             control::SUBSCRIBE => {
                 if let Some(pattern) = control::pattern_of(&message).and_then(parse) {
@@ -681,7 +658,7 @@ impl Shared {
         let reply_to = lock(&self.replies).take(&message.topic);
         let mut waiting: Vec<(Arc<Client>, Bytes)> = Vec::new();
         {
-            let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
+            let clients = read_lock(&self.clients);
             match reply_to {
                 Some(id) => match clients.get(&id) {
                     Some(client) => {
@@ -697,12 +674,7 @@ impl Shared {
                 },
                 None => {
                     for client in clients.values() {
-                        let wants = client
-                            .filter
-                            .read()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .wants(&message.topic);
-                        if wants {
+                        if read_lock(&client.filter).wants(&message.topic) {
                             if let Some(frame) = client.offer(encode()?, self) {
                                 waiting.push((Arc::clone(client), frame));
                             }
