@@ -182,11 +182,10 @@ async fn a_rust_client_works_with_a_python_server() {
     let addr = listener.local_addr().unwrap();
     let python_server = tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await.unwrap();
-        // The client's declarations are ordinary messages to a v1 server:
-        // skip them, answer the first real message with the vector frame.
-        let (first, _) = read_until(&mut socket, "jobs.submit").await;
+        // Answer the first message with the vector frame.
+        let (first, skipped) = read_until(&mut socket, "jobs.submit").await;
         socket.write_all(VECTOR_FRAME).await.unwrap();
-        first
+        (first, skipped)
     });
     let client = TcpClientTransport::builder()
         .hello_timeout(Duration::from_millis(50))
@@ -201,8 +200,12 @@ async fn a_rust_client_works_with_a_python_server() {
         .unwrap()
         .unwrap();
     assert_eq!(got.id, "f9d108c5-a4ff-41b7-bb00-ac203a8a8a2e");
-    let first = python_server.await.unwrap();
+    let (first, skipped) = python_server.await.unwrap();
     assert_eq!(first["payload"]["n"], 1);
+    assert!(
+        skipped.is_empty(),
+        "a v1 server got control messages: {skipped:?}"
+    );
     assert!(!client.stats().server_filters);
     queue.close().await.unwrap();
 }

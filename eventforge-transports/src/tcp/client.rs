@@ -515,7 +515,7 @@ impl Shared {
             return;
         }
         state.declared.remove(&pattern);
-        if let Some(link) = &state.link {
+        if let Some(link) = state.link.as_ref().filter(|link| link.server_filters) {
             if let Ok(frame) = self
                 .codec
                 .encode_frame(&control::declare(control::UNSUBSCRIBE, &pattern))
@@ -569,17 +569,13 @@ impl TcpClientTransport {
         }
     }
 
-    async fn declare(&self, pattern: &str, outbound: mpsc::Sender<Bytes>, server_filters: bool) {
+    /// Declares a new pattern to a server that filters, and waits (up to
+    /// the ack timeout) for it to confirm.
+    async fn declare(&self, pattern: &str, outbound: mpsc::Sender<Bytes>) {
         let shared = &self.shared;
-        let mut declaration = control::declare(control::SUBSCRIBE, pattern);
-        let mut confirmed = None;
-        if server_filters {
-            let id = new_id();
-            let (tx, rx) = oneshot::channel();
-            lock(&shared.acks).insert(id.clone(), tx);
-            declaration.correlation_id = Some(id.clone());
-            confirmed = Some((id, rx));
-        }
+        let id = new_id();
+        let declaration =
+            control::declare(control::SUBSCRIBE, pattern).with_correlation_id(id.clone());
         let frame = match shared.codec.encode_frame(&declaration) {
             Ok(frame) => frame,
             Err(error) => {
@@ -587,18 +583,18 @@ impl TcpClientTransport {
                 return;
             }
         };
+        let (confirm, confirmed) = oneshot::channel();
+        lock(&shared.acks).insert(id.clone(), confirm);
         // A failure means the link just went down: the reconnect declares it.
         let _ = outbound.send(frame).await;
         drop(outbound);
-        if let Some((id, confirmed)) = confirmed {
-            match tokio::time::timeout(shared.options.ack_timeout, confirmed).await {
-                Ok(_) => {}
-                Err(_) => {
-                    tracing::warn!(server = %shared.server, pattern, "the server did not confirm a subscription in time");
-                }
-            }
-            lock(&shared.acks).remove(&id);
+        if tokio::time::timeout(shared.options.ack_timeout, confirmed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(server = %shared.server, pattern, "the server did not confirm a subscription in time");
         }
+        lock(&shared.acks).remove(&id);
     }
 }
 
@@ -660,10 +656,12 @@ impl Transport for TcpClientTransport {
             let count = state.declared.entry(text.to_owned()).or_insert(0);
             *count += 1;
             if *count == 1 {
+                // A v1 server sends everything anyway: nothing to declare.
                 declare = state
                     .link
                     .as_ref()
-                    .map(|link| (link.outbound.clone(), link.server_filters));
+                    .filter(|link| link.server_filters)
+                    .map(|link| link.outbound.clone());
             }
         }
         let weak: Weak<Shared> = Arc::downgrade(shared);
@@ -672,8 +670,8 @@ impl Transport for TcpClientTransport {
                 shared.forget(id);
             }
         });
-        if let Some((outbound, server_filters)) = declare {
-            self.declare(text, outbound, server_filters).await;
+        if let Some(outbound) = declare {
+            self.declare(text, outbound).await;
         }
         Ok(subscription)
     }

@@ -4,7 +4,8 @@
 //! They travel as ordinary Messages under the `_eventforge.` prefix, so an
 //! old (Python) peer treats them as messages nobody subscribed to, and both
 //! sides fall back to v1: a client that never declares anything receives
-//! everything the server publishes.
+//! everything the server publishes. A Rust client sends declarations only
+//! to a server that said hello, so a v1 server never sees them.
 //!
 //! - `_eventforge.hello` (server → client, first frame): the server filters
 //!   by declared subscriptions and acknowledges declarations.
