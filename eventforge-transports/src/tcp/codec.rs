@@ -172,11 +172,14 @@ impl FrameCodec {
 /// Parses one frame's bytes into a message, telling bad text, bad JSON and
 /// JSON that is not a message apart.
 pub fn parse_frame(bytes: &[u8]) -> Result<Message, FrameError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| FrameError::InvalidUtf8 {
-        valid_up_to: e.valid_up_to(),
-    })?;
-    serde_json::from_str(text).map_err(|e| {
-        if e.is_data() {
+    // serde_json checks UTF-8 as it reads: a separate pass is only needed
+    // to name the error once parsing failed.
+    serde_json::from_slice(bytes).map_err(|e| {
+        if let Err(utf8) = std::str::from_utf8(bytes) {
+            FrameError::InvalidUtf8 {
+                valid_up_to: utf8.valid_up_to(),
+            }
+        } else if e.is_data() {
             FrameError::NotAMessage(e)
         } else {
             FrameError::InvalidJson(e)
