@@ -379,6 +379,9 @@ async fn supervise(shared: Arc<Shared>, mut session: Session) {
         let reason = read_frames(&shared, &mut session).await;
         // Dropping the link's sender lets the writer drain and end.
         lock(&shared.state).link = None;
+        // Subscribes waiting for an ack go on at once: the reconnect
+        // declares their patterns again.
+        lock(&shared.acks).clear();
         shared.connected.send_replace(false);
         drop(session);
         if shared.shutdown.is_cancelled() {
