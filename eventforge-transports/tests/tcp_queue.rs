@@ -294,3 +294,42 @@ async fn close_does_not_hang_on_a_subscriber_that_never_reads() {
         .unwrap();
     client.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn concurrent_clients_each_receive_only_their_own_replies() {
+    let transport = TcpServerTransport::bind("127.0.0.1:0").await.unwrap();
+    let addr = transport.local_addr();
+    let server = MessageQueue::new(transport);
+    let responder = server.clone();
+    server
+        .on("svc.whoami", move |msg| {
+            let queue = responder.clone();
+            async move { queue.reply(&msg, msg.payload.clone()).await }
+        })
+        .await
+        .unwrap();
+    const CLIENTS: usize = 8;
+    const CALLS: usize = 50;
+    let mut callers = Vec::new();
+    for c in 0..CLIENTS {
+        let transport = TcpClientTransport::connect(addr).await.unwrap();
+        callers.push(tokio::spawn(async move {
+            let queue = MessageQueue::new(transport.clone());
+            for n in 0..CALLS {
+                let reply = queue.request("svc.whoami", (c, n), WAIT).await.unwrap();
+                assert_eq!(reply.payload, json!([c, n]));
+            }
+            let received = transport.stats().received;
+            queue.close().await.unwrap();
+            received
+        }));
+    }
+    for caller in callers {
+        let received = caller.await.unwrap();
+        assert_eq!(
+            received, CALLS as u64,
+            "a client got replies meant for others"
+        );
+    }
+    server.close().await.unwrap();
+}
