@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -206,6 +206,7 @@ impl TcpServerBuilder {
             hello: FrameCodec::new().encode_frame(&control::hello())?,
             clients: RwLock::default(),
             replies: Mutex::new(ReplyRoutes::new(self.reply_ttl, self.max_reply_routes)),
+            reply_routes: AtomicUsize::new(0),
             connections: Arc::new(Semaphore::new(self.max_connections)),
             next_client: AtomicU64::new(1),
             counters: Counters::default(),
@@ -270,6 +271,9 @@ struct Shared {
     hello: Bytes,
     clients: RwLock<HashMap<u64, Arc<Client>>>,
     replies: Mutex<ReplyRoutes>,
+    // Routes remembered, readable without the lock: a publish skips the
+    // reply table when nobody waits for a reply.
+    reply_routes: AtomicUsize,
     // Limits connected clients: a permit is taken before accepting.
     connections: Arc<Semaphore>,
     next_client: AtomicU64,
@@ -389,9 +393,6 @@ impl ReplyRoutes {
 
     /// The connection to send a reply on `topic` to, forgetting the route.
     fn take(&mut self, topic: &str) -> Option<u64> {
-        if self.by_topic.is_empty() {
-            return None;
-        }
         let (client, at) = self.by_topic.remove(topic)?;
         (at.elapsed() < self.ttl).then_some(client)
     }
@@ -574,7 +575,11 @@ async fn serve_client(shared: Arc<Shared>, stream: TcpStream, addr: SocketAddr) 
                     continue;
                 }
                 if let Some(reply_to) = &message.reply_to {
-                    lock(&shared.replies).remember(reply_to, client.id);
+                    let mut replies = lock(&shared.replies);
+                    replies.remember(reply_to, client.id);
+                    shared
+                        .reply_routes
+                        .store(replies.by_topic.len(), Ordering::Release);
                 }
                 // A full local subscription makes this wait (slowing this
                 // client down), but never past close.
@@ -655,7 +660,15 @@ impl Shared {
             frame = Some(encoded.clone());
             Ok(encoded)
         };
-        let reply_to = lock(&self.replies).take(&message.topic);
+        let reply_to = if self.reply_routes.load(Ordering::Acquire) == 0 {
+            None
+        } else {
+            let mut replies = lock(&self.replies);
+            let client = replies.take(&message.topic);
+            self.reply_routes
+                .store(replies.by_topic.len(), Ordering::Release);
+            client
+        };
         let mut waiting: Vec<(Arc<Client>, Bytes)> = Vec::new();
         {
             let clients = read_lock(&self.clients);
