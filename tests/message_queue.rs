@@ -315,3 +315,26 @@ async fn memory_pair() -> (MessageQueue, MessageQueue) {
 }
 
 queue_suite!(memory, memory_pair());
+
+/// The client of a TCP link publishes, its server receives.
+#[cfg(feature = "tcp")]
+async fn tcp_client_to_server_pair() -> (MessageQueue, MessageQueue) {
+    use eventforge::transports::tcp::{TcpClientTransport, TcpServerTransport};
+    let server = TcpServerTransport::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpClientTransport::connect(server.local_addr())
+        .await
+        .unwrap();
+    (MessageQueue::new(client), MessageQueue::new(server))
+}
+
+/// The server of a TCP link publishes, its client receives.
+#[cfg(feature = "tcp")]
+async fn tcp_server_to_client_pair() -> (MessageQueue, MessageQueue) {
+    let (client, server) = tcp_client_to_server_pair().await;
+    (server, client)
+}
+
+#[cfg(feature = "tcp")]
+queue_suite!(tcp_client_to_server, tcp_client_to_server_pair());
+#[cfg(feature = "tcp")]
+queue_suite!(tcp_server_to_client, tcp_server_to_client_pair());
