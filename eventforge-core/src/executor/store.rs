@@ -1,0 +1,147 @@
+//! Where finished results wait to be taken: bounded, and a result leaves
+//! once taken (the Python peer kept every result forever).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::result::TaskResult;
+
+/// One task's slot: empty until its result is written.
+#[derive(Default)]
+pub(crate) struct TaskCell {
+    result: Mutex<Option<TaskResult>>,
+    // Wakes blocking waiters.
+    ready: Condvar,
+    // Wakes async waiters.
+    notify: Notify,
+}
+
+impl TaskCell {
+    pub(crate) fn complete(&self, result: TaskResult) {
+        *lock(&self.result) = Some(result);
+        self.ready.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    fn is_done(&self) -> bool {
+        lock(&self.result).is_some()
+    }
+
+    fn peek(&self) -> Option<TaskResult> {
+        lock(&self.result).clone()
+    }
+
+    /// Waits up to `timeout` for the result (a copy; the store removes the cell).
+    pub(crate) async fn wait(&self, timeout: Duration) -> Option<TaskResult> {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                tokio::pin!(notified);
+                // Registered before checking, so a completion in between is not missed.
+                notified.as_mut().enable();
+                if let Some(result) = self.peek() {
+                    return result;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
+    }
+
+    pub(crate) fn wait_blocking(&self, timeout: Duration) -> Option<TaskResult> {
+        let deadline = Instant::now() + timeout;
+        let mut result = lock(&self.result);
+        loop {
+            if let Some(done) = result.as_ref() {
+                return Some(done.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            result = self
+                .ready
+                .wait_timeout(result, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// The cells of tasks not yet taken, at most `capacity` finished ones.
+pub(crate) struct ResultStore {
+    cells: HashMap<String, Arc<TaskCell>>,
+    // Submission order, to evict the oldest finished results first.
+    order: VecDeque<String>,
+    capacity: usize,
+    evicted: u64,
+}
+
+impl ResultStore {
+    pub(crate) fn new(capacity: usize) -> Self {
+        ResultStore {
+            cells: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            evicted: 0,
+        }
+    }
+
+    pub(crate) fn insert(&mut self, task_id: String) -> Arc<TaskCell> {
+        let cell = Arc::new(TaskCell::default());
+        self.cells.insert(task_id.clone(), Arc::clone(&cell));
+        self.order.push_back(task_id);
+        if self.cells.len() > self.capacity {
+            self.evict();
+        }
+        cell
+    }
+
+    pub(crate) fn get(&self, task_id: &str) -> Option<Arc<TaskCell>> {
+        self.cells.get(task_id).cloned()
+    }
+
+    pub(crate) fn remove(&mut self, task_id: &str) {
+        self.cells.remove(task_id);
+        // Ids of taken results leave `order` lazily; keep it from growing.
+        if self.order.len() > 2 * self.capacity.max(self.cells.len()) {
+            let cells = &self.cells;
+            self.order.retain(|id| cells.contains_key(id));
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Drops the oldest finished results nobody took; tasks still running
+    /// are kept (they are bounded by the work submitted).
+    fn evict(&mut self) {
+        let mut looked = 0;
+        while self.cells.len() > self.capacity && looked < self.order.len() {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            match self.cells.get(&id) {
+                None => {}
+                Some(cell) if cell.is_done() => {
+                    self.cells.remove(&id);
+                    self.evicted += 1;
+                    tracing::debug!(task_id = %id, "untaken task result dropped to bound memory");
+                }
+                Some(_) => {
+                    self.order.push_back(id);
+                    looked += 1;
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
