@@ -52,18 +52,26 @@ impl TaskCell {
     }
 
     pub(crate) fn wait_blocking(&self, timeout: Duration) -> Option<TaskResult> {
-        let deadline = Instant::now() + timeout;
+        // No deadline when the timeout is too far off to represent.
+        let deadline = Instant::now().checked_add(timeout);
         let mut result = lock(&self.result);
         loop {
             if let Some(done) = result.as_ref() {
                 return Some(done.clone());
             }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            result = self
-                .ready
-                .wait_timeout(result, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            result = match deadline {
+                Some(deadline) => {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    self.ready
+                        .wait_timeout(result, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .ready
+                    .wait(result)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
         }
     }
 }
