@@ -63,7 +63,10 @@ async fn late_reply_after_a_timeout_is_dropped_and_nothing_is_left_behind() {
     let request = requests.recv().await.unwrap();
     let routed = transport.stats().routed;
     queue
-        .reply(&request, serde_json::json!({"request_id": "x", "result": 3}))
+        .reply(
+            &request,
+            serde_json::json!({"request_id": "x", "result": 3}),
+        )
         .await
         .unwrap();
     assert_eq!(transport.stats().routed, routed + 1);

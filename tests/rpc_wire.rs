@@ -61,7 +61,10 @@ async fn client_request_message_matches_the_python_vector() {
     assert_eq!(wire["topic"], expected["topic"]);
     assert_eq!(wire["headers"], expected["headers"]);
     for field in ["method", "args", "kwargs", "timeout"] {
-        assert_eq!(wire["payload"][field], expected["payload"][field], "{field}");
+        assert_eq!(
+            wire["payload"][field], expected["payload"][field],
+            "{field}"
+        );
     }
     let request_id = wire["payload"]["id"].as_str().unwrap();
     assert!(is_uuid_v4(request_id), "{request_id}");
@@ -143,7 +146,10 @@ async fn server_answer(method: &str, args: Value) -> (Value, String) {
     assert_eq!(reply.correlation_id, message.correlation_id);
     let wire: Value = serde_json::from_slice(&reply.to_json().unwrap()).unwrap();
     server.stop().await;
-    (wire["payload"].clone(), request["payload"]["id"].as_str().unwrap().to_owned())
+    (
+        wire["payload"].clone(),
+        request["payload"]["id"].as_str().unwrap().to_owned(),
+    )
 }
 
 fn assert_same_response(got: &Value, expected: &Value, request_id: &str) {
@@ -165,13 +171,21 @@ async fn server_success_response_matches_the_python_vector() {
 #[tokio::test]
 async fn server_method_not_found_response_matches_the_python_vector() {
     let (got, request_id) = server_answer("nope", json!([])).await;
-    assert_same_response(&got, &vectors()["rpc_response_payload_not_found"], &request_id);
+    assert_same_response(
+        &got,
+        &vectors()["rpc_response_payload_not_found"],
+        &request_id,
+    );
 }
 
 #[tokio::test]
 async fn server_exception_response_matches_the_python_vector() {
     let (got, request_id) = server_answer("divide", json!([1, 0])).await;
-    assert_same_response(&got, &vectors()["rpc_response_payload_exception"], &request_id);
+    assert_same_response(
+        &got,
+        &vectors()["rpc_response_payload_exception"],
+        &request_id,
+    );
 }
 
 #[test]
@@ -194,7 +208,11 @@ fn response_payloads_round_trip_unchanged() {
         "rpc_response_payload_exception",
     ] {
         let response: RpcResponse = serde_json::from_value(vectors[name].clone()).unwrap();
-        assert_eq!(serde_json::to_value(&response).unwrap(), vectors[name], "{name}");
+        assert_eq!(
+            serde_json::to_value(&response).unwrap(),
+            vectors[name],
+            "{name}"
+        );
     }
 }
 

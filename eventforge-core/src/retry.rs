@@ -92,7 +92,11 @@ impl RetryPolicy {
 
     /// Factor applied to the delay after each attempt (at least 1).
     pub fn multiplier(mut self, factor: f64) -> Self {
-        self.multiplier = if factor.is_finite() { factor.max(1.0) } else { 1.0 };
+        self.multiplier = if factor.is_finite() {
+            factor.max(1.0)
+        } else {
+            1.0
+        };
         self
     }
 

@@ -63,7 +63,10 @@ async fn map_returns_results_in_input_order() {
 #[tokio::test]
 async fn failures_panics_and_unknown_functions_are_failed_results() {
     for mode in [ExecutorMode::Inline, ExecutorMode::Thread] {
-        let executor = Executor::builder(mode).max_workers(1).registry(registry()).build();
+        let executor = Executor::builder(mode)
+            .max_workers(1)
+            .registry(registry())
+            .build();
         let failed = executor.run("fail", json!("bad input")).await.unwrap();
         assert_eq!(failed.status, TaskStatus::Failed);
         assert_eq!(failed.error.as_deref(), Some("bad input"));
@@ -172,6 +175,8 @@ fn blocking_variants_work_outside_a_runtime() {
 #[test]
 fn default_workers_is_the_cpu_count() {
     let executor = Executor::builder(ExecutorMode::Thread).build();
-    let cpus = std::thread::available_parallelism().map(usize::from).unwrap();
+    let cpus = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap();
     assert_eq!(executor.max_workers(), cpus);
 }

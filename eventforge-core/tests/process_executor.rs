@@ -61,7 +61,10 @@ async fn an_aborting_task_fails_and_the_pool_keeps_serving() {
     assert_eq!(aborted.status, TaskStatus::Failed);
     assert_eq!(aborted.error_type.as_deref(), Some("WorkerCrashed"));
     let text = aborted.error.unwrap();
-    assert!(text.contains("abort()") && text.contains("SIGABRT"), "{text}");
+    assert!(
+        text.contains("abort()") && text.contains("SIGABRT"),
+        "{text}"
+    );
     let after = executor.run("pid", Value::Null).await.unwrap().value;
     assert_ne!(before, after, "the dead child was replaced");
     assert_eq!(executor.run("square", json!(12)).await.unwrap().value, 144);

@@ -37,7 +37,9 @@ pub fn unique_service(label: &str) -> String {
 /// A server on `transport` serving `service` with the methods the suite calls.
 pub async fn math_server(transport: Arc<dyn Transport>, service: &str) -> RpcServer {
     let server = RpcServer::new(MessageQueue::from_shared(transport)).service(service);
-    server.register("add", |a: i64, b: i64| async move { Ok::<_, HandlerError>(a + b) });
+    server.register("add", |a: i64, b: i64| async move {
+        Ok::<_, HandlerError>(a + b)
+    });
     server.register("divide", |a: f64, b: f64| {
         if b == 0.0 {
             return Err(HandlerError::new("ZeroDivisionError", "division by zero"));
@@ -241,7 +243,9 @@ pub async fn request_without_reply_to_runs_and_sends_no_response(make: Factory) 
     server.register("record", move |n: i64| {
         let ran = ran_tx.clone();
         async move {
-            ran.send(n).await.map_err(|e| HandlerError::new("SendError", e.to_string()))?;
+            ran.send(n)
+                .await
+                .map_err(|e| HandlerError::new("SendError", e.to_string()))?;
             Ok::<_, HandlerError>(n)
         }
     });
@@ -250,7 +254,8 @@ pub async fn request_without_reply_to_runs_and_sends_no_response(make: Factory) 
         .subscribe(Pattern::parse("_rpc_reply.**").unwrap())
         .await
         .unwrap();
-    let payload = json!({"id": new_id(), "method": "record", "args": [7], "kwargs": {}, "timeout": null});
+    let payload =
+        json!({"id": new_id(), "method": "record", "args": [7], "kwargs": {}, "timeout": null});
     client_side
         .send(Message::new(format!("{service}.request"), payload).unwrap())
         .await
@@ -300,7 +305,10 @@ pub async fn requests_run_concurrently_up_to_the_limit(make: Factory) {
     started_rx.recv().await.unwrap();
     // A third start would break the limit; give it a fair chance to show.
     let third = tokio::time::timeout(Duration::from_millis(200), started_rx.recv()).await;
-    assert!(third.is_err(), "a third request started past the limit of 2");
+    assert!(
+        third.is_err(),
+        "a third request started past the limit of 2"
+    );
     gate_tx.send(true).unwrap();
     for call in calls {
         call.await.unwrap().unwrap();
@@ -309,9 +317,7 @@ pub async fn requests_run_concurrently_up_to_the_limit(make: Factory) {
     server.stop().await;
 }
 
-pub async fn server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(
-    make: Factory,
-) {
+pub async fn server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(make: Factory) {
     const WORKERS: usize = 3;
     const CALLERS: i64 = 8;
     const CALLS_EACH: i64 = 60;

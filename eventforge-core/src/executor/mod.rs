@@ -421,7 +421,11 @@ impl Executor {
     /// Fails with [`ExecutorError::Timeout`] when the task is still running
     /// (its result can be taken later), [`ExecutorError::UnknownTask`] when
     /// no result is held for the id.
-    pub async fn result(&self, task_id: &str, timeout: Duration) -> Result<TaskResult, ExecutorError> {
+    pub async fn result(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<TaskResult, ExecutorError> {
         let cell = self.cell(task_id)?;
         match cell.wait(timeout).await {
             Some(result) => Ok(self.take(task_id, result)),

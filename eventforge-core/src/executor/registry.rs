@@ -125,7 +125,11 @@ impl FunctionRegistry {
 fn short_type_name<E: 'static>() -> String {
     let full = std::any::type_name::<E>();
     let base = full.split('<').next().unwrap_or(full);
-    let short = base.rsplit("::").next().unwrap_or(base).trim_start_matches('&');
+    let short = base
+        .rsplit("::")
+        .next()
+        .unwrap_or(base)
+        .trim_start_matches('&');
     match short {
         "" | "str" | "String" | "Cow" => "Error".to_owned(),
         other => other.to_owned(),

@@ -26,7 +26,10 @@ impl ThreadPool {
             let worker_id = name.clone();
             threads.push(std::thread::Builder::new().name(name).spawn(move || loop {
                 // The lock is held only while waiting for the next job.
-                let next = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                let next = receiver
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recv();
                 match next {
                     Ok(job) => job(&worker_id),
                     Err(_) => break,
@@ -58,7 +61,8 @@ impl ThreadPool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
         if wait {
             for thread in threads {
                 let _ = thread.join();

@@ -15,7 +15,9 @@ use serde_json::{Map, Value};
 
 use super::args::IntoArgs;
 use super::error::RpcError;
-use super::wire::{request_topic, RpcResponse, DEFAULT_SERVICE, METHOD_NOT_FOUND, RPC_REPLY_PREFIX};
+use super::wire::{
+    request_topic, RpcResponse, DEFAULT_SERVICE, METHOD_NOT_FOUND, RPC_REPLY_PREFIX,
+};
 use crate::error::Error;
 use crate::message::{new_id, Message};
 use crate::queue::MessageQueue;
@@ -110,7 +112,9 @@ pub struct CallBuilder<'a, C: RpcCaller + ?Sized> {
 
 impl<C: RpcCaller + ?Sized> fmt::Debug for CallBuilder<'_, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallBuilder").field("call", &self.call).finish()
+        f.debug_struct("CallBuilder")
+            .field("call", &self.call)
+            .finish()
     }
 }
 
@@ -336,25 +340,25 @@ impl RpcCaller for RpcClient {
         let method = call.method.clone();
         let (message, request_id) = self.request_message(call, timeout);
         tracing::trace!(service = %self.service, %method, %request_id, "rpc call");
-        let reply = self
-            .transport
-            .request(message, timeout)
-            .await
-            .map_err(|error| match error {
-                Error::Timeout { .. } => RpcError::Timeout {
-                    service: self.service.to_string(),
-                    method: method.clone(),
-                    timeout,
-                },
-                Error::NoResponders { .. } => RpcError::NoResponders {
-                    service: self.service.to_string(),
-                },
-                Error::Closed(_) => RpcError::Closed,
-                source => RpcError::Transport {
-                    method: method.clone(),
-                    source,
-                },
-            })?;
+        let reply =
+            self.transport
+                .request(message, timeout)
+                .await
+                .map_err(|error| match error {
+                    Error::Timeout { .. } => RpcError::Timeout {
+                        service: self.service.to_string(),
+                        method: method.clone(),
+                        timeout,
+                    },
+                    Error::NoResponders { .. } => RpcError::NoResponders {
+                        service: self.service.to_string(),
+                    },
+                    Error::Closed(_) => RpcError::Closed,
+                    source => RpcError::Transport {
+                        method: method.clone(),
+                        source,
+                    },
+                })?;
         let response =
             RpcResponse::deserialize_from(&reply.payload).map_err(|source| RpcError::Decode {
                 method: method.clone(),

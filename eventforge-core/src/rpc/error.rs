@@ -11,7 +11,9 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum RpcError {
     /// No reply came before the call's deadline. The method may still have run.
-    #[error("call {method}() on service {service:?} timed out after {timeout:?}; is a server running?")]
+    #[error(
+        "call {method}() on service {service:?} timed out after {timeout:?}; is a server running?"
+    )]
     Timeout {
         /// The service called.
         service: String,

@@ -106,7 +106,11 @@ impl<E: std::error::Error + 'static> From<E> for HandlerError {
 fn short_type_name<E: 'static>() -> String {
     let full = std::any::type_name::<E>();
     let base = full.split('<').next().unwrap_or(full);
-    let short = base.rsplit("::").next().unwrap_or(base).trim_start_matches('&');
+    let short = base
+        .rsplit("::")
+        .next()
+        .unwrap_or(base)
+        .trim_start_matches('&');
     match short {
         "" | "str" | "String" | "Cow" => "Error".to_owned(),
         other => other.to_owned(),
@@ -434,7 +438,10 @@ mod tests {
 
     #[test]
     fn error_type_is_the_short_type_name() {
-        assert_eq!(short_type_name::<std::num::ParseIntError>(), "ParseIntError");
+        assert_eq!(
+            short_type_name::<std::num::ParseIntError>(),
+            "ParseIntError"
+        );
         assert_eq!(short_type_name::<String>(), "Error");
         assert_eq!(short_type_name::<&'static str>(), "Error");
         let e = HandlerError::from_display(HandlerError::new("ValueError", "bad"));

@@ -32,7 +32,8 @@ use crate::topic::Pattern;
 /// Requests handled at once when nothing else is set.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 256;
 
-type ErasedHandler = Arc<dyn Fn(IncomingCall) -> futures::future::BoxFuture<'static, Outcome> + Send + Sync>;
+type ErasedHandler =
+    Arc<dyn Fn(IncomingCall) -> futures::future::BoxFuture<'static, Outcome> + Send + Sync>;
 
 /// Counters of an [`RpcServer`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -287,10 +288,16 @@ impl RpcServer {
                     break;
                 };
                 let inner_for_call = Arc::clone(&inner);
-                inner.calls.spawn(async move {
+                let mut call = Box::pin(async move {
                     inner_for_call.answer(message).await;
                     drop(permit);
                 });
+                // Most calls finish in their first poll (sync handlers, a
+                // reply that goes straight out): run that poll here and only
+                // give the calls that wait a task of their own.
+                if futures::poll!(call.as_mut()).is_pending() {
+                    inner.calls.spawn(call);
+                }
             }
         });
         *running = Some(Running {
@@ -338,19 +345,12 @@ impl Inner {
         let Some(reply_to) = message.reply_to.as_deref() else {
             return;
         };
-        let payload = match serde_json::to_value(&response) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::error!(request_id = %response.request_id, %error, "rpc response not encodable");
-                return;
-            }
-        };
-        let mut reply = Message::from_value(reply_to, payload);
+        let mut reply = Message::from_value(reply_to, response.into_payload());
         reply.correlation_id = message.correlation_id.clone();
         if let Err(error) = self.queue.transport().send(reply).await {
             tracing::warn!(
                 service = %self.service,
-                request_id = %response.request_id,
+                request_id = message.correlation_id.as_deref().unwrap_or_default(),
                 reply_to,
                 %error,
                 "rpc response could not be sent"
