@@ -9,11 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventforge::executor::{run_child_if_requested, Executor, ExecutorMode, FunctionRegistry};
-use eventforge::rpc::HandlerError;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use eventforge::rpc::{HandlerError, ReplyRouting};
 use eventforge::{
     MemoryTransport, Message, MessageQueue, Pattern, RpcClient, RpcServer, Transport,
 };
 use serde_json::json;
+use tokio::sync::oneshot;
 
 const RUN: Duration = Duration::from_secs(2);
 
@@ -142,78 +146,120 @@ async fn raw_responder(transport: Arc<dyn Transport>, topic: &str) {
     });
 }
 
+/// Bare request/reply with one shared reply subscription, demultiplexed
+/// by correlation id: the floor of RPC with shared reply routing.
+#[derive(Clone)]
+struct SharedReplies {
+    transport: Arc<dyn Transport>,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<Arc<Message>>>>>,
+}
+
+impl SharedReplies {
+    async fn new(transport: Arc<dyn Transport>) -> Self {
+        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Arc<Message>>>>> = Arc::default();
+        let mut replies = transport
+            .subscribe(Pattern::parse("_floor_reply.*").unwrap())
+            .await
+            .unwrap();
+        let routing = Arc::clone(&pending);
+        tokio::spawn(async move {
+            while let Some(reply) = replies.recv().await {
+                let id = reply.correlation_id.clone().unwrap_or_default();
+                if let Some(waiter) = routing.lock().unwrap().remove(&id) {
+                    let _ = waiter.send(reply);
+                }
+            }
+        });
+        SharedReplies { transport, pending }
+    }
+
+    async fn call(&self) {
+        let id = eventforge::new_id();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id.clone(), tx);
+        let message = Message::from_value("floor.request", json!([10, 20]))
+            .with_reply_to(format!("_floor_reply.{id}"))
+            .with_correlation_id(id);
+        self.transport.send(message).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 async fn rpc_figures(flavor: &str) {
     let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
     let queue = MessageQueue::from_shared(Arc::clone(&transport));
     let server = RpcServer::new(queue.clone()).service("bench");
     server.register("add", |a: i64, b: i64| Ok::<_, HandlerError>(a + b));
     server.serve().await.unwrap();
-    let client = RpcClient::new(queue.clone()).service("bench");
     raw_responder(Arc::clone(&transport), "floor.request").await;
+    let shared_floor = SharedReplies::new(Arc::clone(&transport)).await;
 
-    let rpc = {
-        let client = client.clone();
-        sequential(move || {
+    for routing in [ReplyRouting::Shared, ReplyRouting::PerCall] {
+        let client = RpcClient::new(queue.clone())
+            .service("bench")
+            .reply_routing(routing);
+        let call = move || {
             let client = client.clone();
             async move {
                 let sum: i64 = client.call("add", (10, 20)).await.unwrap();
                 assert_eq!(sum, 30);
             }
-        })
-        .await
-    };
-    let raw = {
-        let transport = Arc::clone(&transport);
-        sequential(move || {
-            let transport = Arc::clone(&transport);
-            async move {
-                let message = Message::from_value("floor.request", json!([10, 20]));
-                transport
-                    .request(message, Duration::from_secs(5))
-                    .await
-                    .unwrap();
+        };
+        let (floor_label, sequential_floor, concurrent_floor) = match routing {
+            ReplyRouting::Shared => {
+                let one = shared_floor.clone();
+                let many = shared_floor.clone();
+                (
+                    "bare send + shared reply subscription",
+                    sequential(move || {
+                        let one = one.clone();
+                        async move { one.call().await }
+                    })
+                    .await,
+                    concurrent(64, move || {
+                        let many = many.clone();
+                        async move { many.call().await }
+                    })
+                    .await,
+                )
             }
-        })
-        .await
-    };
-    report(
-        &format!("RPC over memory, sequential ({flavor})"),
-        rpc,
-        "bare Transport::request",
-        raw,
-    );
-
-    let rpc = {
-        let client = client.clone();
-        concurrent(64, move || {
-            let client = client.clone();
-            async move {
-                let sum: i64 = client.call("add", (10, 20)).await.unwrap();
-                assert_eq!(sum, 30);
+            _ => {
+                let transport = Arc::clone(&transport);
+                let bare = move || {
+                    let transport = Arc::clone(&transport);
+                    async move {
+                        let message = Message::from_value("floor.request", json!([10, 20]));
+                        transport
+                            .request(message, Duration::from_secs(5))
+                            .await
+                            .unwrap();
+                    }
+                };
+                (
+                    "bare Transport::request",
+                    sequential(bare.clone()).await,
+                    concurrent(64, bare).await,
+                )
             }
-        })
-        .await
-    };
-    let raw = {
-        let transport = Arc::clone(&transport);
-        concurrent(64, move || {
-            let transport = Arc::clone(&transport);
-            async move {
-                let message = Message::from_value("floor.request", json!([10, 20]));
-                transport
-                    .request(message, Duration::from_secs(5))
-                    .await
-                    .unwrap();
-            }
-        })
-        .await
-    };
-    report(
-        &format!("RPC over memory, 64 in flight ({flavor})"),
-        rpc,
-        "bare Transport::request, 64 in flight",
-        raw,
-    );
+        };
+        let rpc = sequential(call.clone()).await;
+        report(
+            &format!("RPC memory, sequential, {routing:?} replies ({flavor})"),
+            rpc,
+            floor_label,
+            sequential_floor,
+        );
+        let rpc = concurrent(64, call).await;
+        report(
+            &format!("RPC memory, 64 in flight, {routing:?} replies ({flavor})"),
+            rpc,
+            floor_label,
+            concurrent_floor,
+        );
+    }
     server.stop().await;
 }
 
@@ -331,7 +377,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if wanted("rpc") {
+    if wanted("rpc-current") {
         current.block_on(rpc_figures("current-thread runtime"));
     }
     let multi = tokio::runtime::Builder::new_multi_thread()
@@ -339,7 +385,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if wanted("rpc") {
+    if wanted("rpc-multi") {
         multi.block_on(rpc_figures("multi-thread runtime, 2 workers"));
     }
     if wanted("thread") {

@@ -6,8 +6,9 @@ mod rpc_suite;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventforge::rpc::ReplyRouting;
 use eventforge::{MemoryTransport, MessageQueue, Pattern, RpcClient, RpcError, Transport};
-use rpc_suite::{unique_service, Pair};
+use rpc_suite::{unique_service, Pair, Target};
 
 fn memory() -> std::pin::Pin<Box<dyn std::future::Future<Output = Pair> + Send>> {
     Box::pin(async {
@@ -21,9 +22,19 @@ macro_rules! on_memory {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                rpc_suite::$name(memory).await;
+                rpc_suite::$name(Target { make: memory, routing: ReplyRouting::Shared }).await;
             }
         )*
+        /// The same suite with a reply subscription per call.
+        mod per_call_replies {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    rpc_suite::$name(Target { make: memory, routing: ReplyRouting::PerCall }).await;
+                }
+            )*
+        }
     };
 }
 
@@ -42,8 +53,7 @@ on_memory!(
     server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry,
 );
 
-#[tokio::test]
-async fn late_reply_after_a_timeout_is_dropped_and_nothing_is_left_behind() {
+async fn late_reply_is_dropped_and_leaves_nothing_behind(routing: ReplyRouting) {
     let transport = MemoryTransport::new();
     let queue = MessageQueue::new(transport.clone());
     let service = unique_service("late");
@@ -52,24 +62,77 @@ async fn late_reply_after_a_timeout_is_dropped_and_nothing_is_left_behind() {
         .subscribe(Pattern::parse(&format!("{service}.request")).unwrap())
         .await
         .unwrap();
-    let before = transport.stats().subscriptions;
     let client = RpcClient::new(queue.clone())
         .service(&service)
+        .reply_routing(routing)
         .timeout(Duration::from_millis(50));
+    // A first answered call sets up whatever the routing keeps for good.
+    let answering = {
+        let queue = queue.clone();
+        async move {
+            let request = requests.recv().await.unwrap();
+            let reply = serde_json::json!({"request_id": request.payload["id"], "result": 3});
+            queue.reply(&request, reply).await.unwrap();
+            requests
+        }
+    };
+    let (sum, mut requests) = tokio::join!(client.call::<i64>("add", (1, 2)), answering);
+    assert_eq!(sum.unwrap(), 3);
+    let subscriptions = transport.stats().subscriptions;
+
     let error = client.call::<i64>("add", (1, 2)).await.unwrap_err();
     assert!(matches!(error, RpcError::Timeout { .. }), "{error:?}");
-    // The call's reply subscription is gone once the call has failed.
-    assert_eq!(transport.stats().subscriptions, before);
+    assert_eq!(client.calls_waiting(), 0);
+    assert_eq!(transport.stats().subscriptions, subscriptions);
     let request = requests.recv().await.unwrap();
-    let routed = transport.stats().routed;
     queue
         .reply(
             &request,
-            serde_json::json!({"request_id": "x", "result": 3}),
+            serde_json::json!({"request_id": "late", "result": 3}),
         )
         .await
         .unwrap();
-    assert_eq!(transport.stats().routed, routed + 1);
-    assert_eq!(transport.stats().subscriptions, before);
+    // Still answered correctly afterwards, and still nothing kept.
+    let next = tokio::join!(client.call::<i64>("add", (2, 2)), async {
+        let request = requests.recv().await.unwrap();
+        let reply = serde_json::json!({"request_id": request.payload["id"], "result": 4});
+        queue.reply(&request, reply).await.unwrap();
+    });
+    assert_eq!(next.0.unwrap(), 4);
+    assert_eq!(client.calls_waiting(), 0);
+    assert_eq!(transport.stats().subscriptions, subscriptions);
+    queue.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn late_reply_after_a_timeout_is_dropped_with_shared_replies() {
+    late_reply_is_dropped_and_leaves_nothing_behind(ReplyRouting::Shared).await;
+}
+
+#[tokio::test]
+async fn late_reply_after_a_timeout_is_dropped_with_per_call_replies() {
+    late_reply_is_dropped_and_leaves_nothing_behind(ReplyRouting::PerCall).await;
+}
+
+#[tokio::test]
+async fn clients_on_one_transport_share_one_reply_subscription() {
+    let transport = MemoryTransport::new();
+    let queue = MessageQueue::new(transport.clone());
+    let service = unique_service("shared");
+    let server = eventforge::RpcServer::new(queue.clone()).service(&service);
+    server.register("one", || Ok::<_, eventforge::HandlerError>(1));
+    server.serve().await.unwrap();
+    let with_server = transport.stats().subscriptions;
+    for _ in 0..5 {
+        let client = RpcClient::new(queue.clone()).service(&service);
+        assert_eq!(client.call::<i64>("one", ()).await.unwrap(), 1);
+    }
+    let a = RpcClient::new(queue.clone()).service(&service);
+    let b = RpcClient::new(queue.clone()).service(&service);
+    a.call::<i64>("one", ()).await.unwrap();
+    b.call::<i64>("one", ()).await.unwrap();
+    assert_eq!(transport.stats().subscriptions, with_server + 1);
+    drop((a, b));
+    server.stop().await;
     queue.close().await.unwrap();
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventforge::rpc::{HandlerError, IncomingCall, Kwargs};
+use eventforge::rpc::{HandlerError, IncomingCall, Kwargs, ReplyRouting};
 use eventforge::{
     new_id, with_retry, Message, MessageQueue, Pattern, RetryPolicy, RoundRobinRpcClient,
     RpcClient, RpcError, RpcServer, Transport,
@@ -64,17 +64,32 @@ pub struct Greet {
     punct: Option<String>,
 }
 
-fn client(transport: Arc<dyn Transport>, service: &str) -> RpcClient {
-    RpcClient::from_transport(transport)
-        .service(service)
-        .timeout(Duration::from_secs(10))
+/// A transport to run the suite on, and how its clients receive replies.
+#[derive(Clone, Copy)]
+pub struct Target {
+    /// Makes connected pairs.
+    pub make: Factory,
+    /// The clients' reply routing.
+    pub routing: ReplyRouting,
 }
 
-pub async fn thousand_concurrent_calls_are_all_answered(make: Factory) {
-    let (server_side, client_side) = make().await;
+impl Target {
+    fn client_on(&self, transport: Arc<dyn Transport>) -> RpcClient {
+        RpcClient::from_transport(transport).reply_routing(self.routing)
+    }
+
+    fn client(&self, transport: Arc<dyn Transport>, service: &str) -> RpcClient {
+        self.client_on(transport)
+            .service(service)
+            .timeout(Duration::from_secs(10))
+    }
+}
+
+pub async fn thousand_concurrent_calls_are_all_answered(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("many");
     let server = math_server(server_side, &service).await;
-    let client = client(client_side, &service);
+    let client = t.client(client_side, &service);
     let calls = (0..1000i64).map(|i| {
         let client = client.clone();
         async move { (i, client.call::<i64>("add", (i, 1000)).await) }
@@ -86,11 +101,12 @@ pub async fn thousand_concurrent_calls_are_all_answered(make: Factory) {
     assert_eq!(server.stats().succeeded, 1000);
 }
 
-pub async fn call_to_absent_server_fails_within_its_timeout(make: Factory) {
-    let (_server_side, client_side) = make().await;
+pub async fn call_to_absent_server_fails_within_its_timeout(t: Target) {
+    let (_server_side, client_side) = (t.make)().await;
     let reports = client_side.capabilities().reports_no_responders;
     let timeout = Duration::from_millis(300);
-    let client = RpcClient::from_transport(client_side)
+    let client = t
+        .client_on(client_side)
         .service(unique_service("absent"))
         .timeout(timeout);
     let started = Instant::now();
@@ -107,11 +123,12 @@ pub async fn call_to_absent_server_fails_within_its_timeout(make: Factory) {
     }
 }
 
-pub async fn wrong_argument_type_is_a_type_error_naming_method_and_argument(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn wrong_argument_type_is_a_type_error_naming_method_and_argument(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("types");
     let server = math_server(server_side, &service).await;
-    let error = client(client_side, &service)
+    let error = t
+        .client(client_side, &service)
         .call::<i64>("add", (1, "two"))
         .await
         .unwrap_err();
@@ -129,11 +146,12 @@ pub async fn wrong_argument_type_is_a_type_error_naming_method_and_argument(make
     server.stop().await;
 }
 
-pub async fn wrong_argument_count_is_a_type_error(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn wrong_argument_count_is_a_type_error(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("count");
     let server = math_server(server_side, &service).await;
-    let error = client(client_side, &service)
+    let error = t
+        .client(client_side, &service)
         .call::<i64>("add", (1, 2, 3))
         .await
         .unwrap_err();
@@ -147,11 +165,12 @@ pub async fn wrong_argument_count_is_a_type_error(make: Factory) {
     server.stop().await;
 }
 
-pub async fn unknown_method_is_method_not_found_with_python_text(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn unknown_method_is_method_not_found_with_python_text(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("missing");
     let server = math_server(server_side, &service).await;
-    let error = client(client_side, &service)
+    let error = t
+        .client(client_side, &service)
         .call::<Value>("nope", ())
         .await
         .unwrap_err();
@@ -165,8 +184,8 @@ pub async fn unknown_method_is_method_not_found_with_python_text(make: Factory) 
     server.stop().await;
 }
 
-pub async fn payload_that_is_not_a_request_is_a_validation_error(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn payload_that_is_not_a_request_is_a_validation_error(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("invalid");
     let server = math_server(server_side, &service).await;
     let request = Message::new(format!("{service}.request"), "not a request").unwrap();
@@ -179,11 +198,11 @@ pub async fn payload_that_is_not_a_request_is_a_validation_error(make: Factory) 
     server.stop().await;
 }
 
-pub async fn panicking_handler_is_answered_and_server_keeps_serving(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn panicking_handler_is_answered_and_server_keeps_serving(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("panic");
     let server = math_server(server_side, &service).await;
-    let client = client(client_side, &service);
+    let client = t.client(client_side, &service);
     let error = client.call::<Value>("explode", ()).await.unwrap_err();
     assert_eq!(error.error_type(), Some("Panic"), "{error:?}");
     assert!(error.to_string().contains("boom"), "{error}");
@@ -192,11 +211,11 @@ pub async fn panicking_handler_is_answered_and_server_keeps_serving(make: Factor
     server.stop().await;
 }
 
-pub async fn handler_errors_carry_their_error_type(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn handler_errors_carry_their_error_type(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("errors");
     let server = math_server(server_side, &service).await;
-    let client = client(client_side, &service);
+    let client = t.client(client_side, &service);
     match client.call::<f64>("divide", (1, 0)).await.unwrap_err() {
         RpcError::Remote {
             error_type,
@@ -212,11 +231,11 @@ pub async fn handler_errors_carry_their_error_type(make: Factory) {
     server.stop().await;
 }
 
-pub async fn kwargs_bind_by_name_after_positional_args(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn kwargs_bind_by_name_after_positional_args(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("kwargs");
     let server = math_server(server_side, &service).await;
-    let client = client(client_side, &service);
+    let client = t.client(client_side, &service);
     let text: String = client
         .method("greet")
         .arg("bob")
@@ -235,8 +254,8 @@ pub async fn kwargs_bind_by_name_after_positional_args(make: Factory) {
     server.stop().await;
 }
 
-pub async fn request_without_reply_to_runs_and_sends_no_response(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn request_without_reply_to_runs_and_sends_no_response(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("oneway");
     let (ran_tx, mut ran_rx) = mpsc::channel::<i64>(1);
     let server = RpcServer::new(MessageQueue::from_shared(server_side)).service(&service);
@@ -267,8 +286,8 @@ pub async fn request_without_reply_to_runs_and_sends_no_response(make: Factory) 
     assert!(replies.try_recv().is_none(), "a response was sent");
 }
 
-pub async fn requests_run_concurrently_up_to_the_limit(make: Factory) {
-    let (server_side, client_side) = make().await;
+pub async fn requests_run_concurrently_up_to_the_limit(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
     let service = unique_service("limit");
     let (started_tx, mut started_rx) = mpsc::channel::<()>(16);
     let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
@@ -294,7 +313,7 @@ pub async fn requests_run_concurrently_up_to_the_limit(make: Factory) {
         });
     }
     server.serve().await.unwrap();
-    let client = client(client_side, &service);
+    let client = t.client(client_side, &service);
     let calls: Vec<_> = (0..6)
         .map(|_| {
             let client = client.clone();
@@ -317,18 +336,18 @@ pub async fn requests_run_concurrently_up_to_the_limit(make: Factory) {
     server.stop().await;
 }
 
-pub async fn server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(make: Factory) {
+pub async fn server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(t: Target) {
     const WORKERS: usize = 3;
     const CALLERS: i64 = 8;
     const CALLS_EACH: i64 = 60;
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for n in 0..WORKERS {
-        let (server_side, client_side) = make().await;
+        let (server_side, client_side) = (t.make)().await;
         let service = unique_service(&format!("pool{n}"));
         servers.push(math_server(server_side, &service).await);
         clients.push(
-            RpcClient::from_transport(client_side)
+            t.client_on(client_side)
                 .service(&service)
                 .timeout(Duration::from_secs(2)),
         );
@@ -378,17 +397,17 @@ pub async fn server_stopped_mid_stream_loses_no_result_under_round_robin_with_re
 }
 
 /// Every test of the suite, by name, for a transport's test file to run.
-pub async fn run_all(make: Factory) {
-    thousand_concurrent_calls_are_all_answered(make).await;
-    call_to_absent_server_fails_within_its_timeout(make).await;
-    wrong_argument_type_is_a_type_error_naming_method_and_argument(make).await;
-    wrong_argument_count_is_a_type_error(make).await;
-    unknown_method_is_method_not_found_with_python_text(make).await;
-    payload_that_is_not_a_request_is_a_validation_error(make).await;
-    panicking_handler_is_answered_and_server_keeps_serving(make).await;
-    handler_errors_carry_their_error_type(make).await;
-    kwargs_bind_by_name_after_positional_args(make).await;
-    request_without_reply_to_runs_and_sends_no_response(make).await;
-    requests_run_concurrently_up_to_the_limit(make).await;
-    server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(make).await;
+pub async fn run_all(t: Target) {
+    thousand_concurrent_calls_are_all_answered(t).await;
+    call_to_absent_server_fails_within_its_timeout(t).await;
+    wrong_argument_type_is_a_type_error_naming_method_and_argument(t).await;
+    wrong_argument_count_is_a_type_error(t).await;
+    unknown_method_is_method_not_found_with_python_text(t).await;
+    payload_that_is_not_a_request_is_a_validation_error(t).await;
+    panicking_handler_is_answered_and_server_keeps_serving(t).await;
+    handler_errors_carry_their_error_type(t).await;
+    kwargs_bind_by_name_after_positional_args(t).await;
+    request_without_reply_to_runs_and_sends_no_response(t).await;
+    requests_run_concurrently_up_to_the_limit(t).await;
+    server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(t).await;
 }

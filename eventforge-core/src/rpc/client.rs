@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::args::IntoArgs;
 use super::error::RpcError;
+use super::replies::{ReplyDemux, ReplyRouting};
 use super::wire::{
     request_topic, RpcResponse, DEFAULT_SERVICE, METHOD_NOT_FOUND, RPC_REPLY_PREFIX,
 };
@@ -22,6 +23,7 @@ use crate::error::Error;
 use crate::message::{new_id, Message};
 use crate::queue::MessageQueue;
 use crate::transport::Transport;
+use tokio::sync::OnceCell;
 
 /// The per-call deadline when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,10 +220,10 @@ fn decode_result<R: DeserializeOwned>(method: &str, value: Value) -> Result<R, R
 /// Calls methods of one service. Cheap to clone; clones share the transport.
 ///
 /// Every call is an independent request on the transport, matched to its
-/// reply by the request id (its own reply topic, subscribed before the
-/// request is sent), so any number of calls may be in flight at once. A
-/// reply arriving after its call timed out finds no subscriber and is
-/// dropped; nothing is kept for it.
+/// reply by the request id, so any number of calls may be in flight at
+/// once (see [`ReplyRouting`] for how replies are received). A reply
+/// arriving after its call timed out finds no call waiting and is dropped;
+/// nothing is kept for it.
 ///
 /// ```
 /// use eventforge_core::rpc::{HandlerError, RpcClient, RpcError, RpcServer};
@@ -250,6 +252,9 @@ pub struct RpcClient {
     service: Arc<str>,
     request_topic: Arc<str>,
     timeout: Duration,
+    routing: ReplyRouting,
+    // The transport's shared reply subscription, looked up once per client.
+    demux: Arc<OnceCell<Arc<ReplyDemux>>>,
 }
 
 impl fmt::Debug for RpcClient {
@@ -258,6 +263,7 @@ impl fmt::Debug for RpcClient {
             .field("transport", &self.transport.name())
             .field("service", &self.service)
             .field("timeout", &self.timeout)
+            .field("routing", &self.routing)
             .finish()
     }
 }
@@ -275,6 +281,8 @@ impl RpcClient {
             service: DEFAULT_SERVICE.into(),
             request_topic: request_topic(DEFAULT_SERVICE).into(),
             timeout: DEFAULT_TIMEOUT,
+            routing: ReplyRouting::default(),
+            demux: Arc::default(),
         }
     }
 
@@ -289,6 +297,13 @@ impl RpcClient {
     /// The deadline of calls that do not set their own (default 30 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How replies reach their calls (default: one shared subscription per
+    /// transport, see [`ReplyRouting`]).
+    pub fn reply_routing(mut self, routing: ReplyRouting) -> Self {
+        self.routing = routing;
         self
     }
 
@@ -340,25 +355,25 @@ impl RpcCaller for RpcClient {
         let method = call.method.clone();
         let (message, request_id) = self.request_message(call, timeout);
         tracing::trace!(service = %self.service, %method, %request_id, "rpc call");
-        let reply =
-            self.transport
-                .request(message, timeout)
-                .await
-                .map_err(|error| match error {
-                    Error::Timeout { .. } => RpcError::Timeout {
-                        service: self.service.to_string(),
-                        method: method.clone(),
-                        timeout,
-                    },
-                    Error::NoResponders { .. } => RpcError::NoResponders {
-                        service: self.service.to_string(),
-                    },
-                    Error::Closed(_) => RpcError::Closed,
-                    source => RpcError::Transport {
-                        method: method.clone(),
-                        source,
-                    },
-                })?;
+        let reply = match self.routing {
+            ReplyRouting::PerCall => self.transport.request(message, timeout).await,
+            ReplyRouting::Shared => self.send_and_wait(message, &request_id, timeout).await,
+        }
+        .map_err(|error| match error {
+            Error::Timeout { .. } => RpcError::Timeout {
+                service: self.service.to_string(),
+                method: method.clone(),
+                timeout,
+            },
+            Error::NoResponders { .. } => RpcError::NoResponders {
+                service: self.service.to_string(),
+            },
+            Error::Closed(_) => RpcError::Closed,
+            source => RpcError::Transport {
+                method: method.clone(),
+                source,
+            },
+        })?;
         let response =
             RpcResponse::deserialize_from(&reply.payload).map_err(|source| RpcError::Decode {
                 method: method.clone(),
@@ -369,6 +384,48 @@ impl RpcCaller for RpcClient {
 
     fn is_available(&self) -> bool {
         !self.transport.is_closed()
+    }
+}
+
+impl RpcClient {
+    /// Sends `message` and waits for its reply through the shared reply
+    /// subscription of the transport.
+    async fn send_and_wait(
+        &self,
+        message: Message,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<Arc<Message>, Error> {
+        if self.transport.is_closed() {
+            return Err(Error::Closed(self.transport.name()));
+        }
+        if self.transport.has_subscribers(&message.topic) == Some(false) {
+            return Err(Error::NoResponders {
+                topic: message.topic,
+            });
+        }
+        let demux = self
+            .demux
+            .get_or_try_init(|| ReplyDemux::of(&self.transport))
+            .await?;
+        // Registered before sending, so that even an immediate reply finds its call.
+        let (_waiting, reply) = demux.wait_for(request_id);
+        self.transport.send(message).await?;
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Error::Closed(self.transport.name())),
+            Err(_) => Err(Error::Timeout {
+                waiting_for: format!("a reply on {RPC_REPLY_PREFIX}{request_id}"),
+                timeout,
+            }),
+        }
+    }
+
+    /// Calls waiting for a reply on this client's transport (shared reply
+    /// routing only; 0 otherwise). Zero once every call has returned: a
+    /// timed-out call leaves nothing behind.
+    pub fn calls_waiting(&self) -> usize {
+        self.demux.get().map_or(0, |demux| demux.waiting())
     }
 }
 

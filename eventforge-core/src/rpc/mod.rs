@@ -13,6 +13,7 @@ pub mod args;
 pub mod client;
 pub mod error;
 pub mod handler;
+pub mod replies;
 pub mod round_robin;
 pub mod server;
 pub mod wire;
@@ -24,6 +25,7 @@ pub use handler::{
     AsyncReturn, HandlerError, IncomingCall, IntoOutcome, Kwargs, Outcome, Raw, RpcHandler,
     RpcReturn, SyncReturn,
 };
+pub use replies::ReplyRouting;
 pub use round_robin::RoundRobinRpcClient;
 pub use server::{RpcServer, RpcServerStats, DEFAULT_MAX_CONCURRENCY};
 pub use wire::{request_topic, RpcRequest, RpcResponse, DEFAULT_SERVICE, RPC_REPLY_PREFIX};
