@@ -136,3 +136,25 @@ async fn clients_on_one_transport_share_one_reply_subscription() {
     server.stop().await;
     queue.close().await.unwrap();
 }
+
+#[test]
+fn client_outlives_the_runtime_that_made_its_reply_subscription() {
+    let queue = MessageQueue::memory();
+    let service = unique_service("runtimes");
+    let client = RpcClient::new(queue.clone())
+        .service(&service)
+        .timeout(Duration::from_secs(5));
+    for round in 0..2i64 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let server = eventforge::RpcServer::new(queue.clone()).service(&service);
+            server.register("round", move || Ok::<_, eventforge::HandlerError>(round));
+            server.serve().await.unwrap();
+            assert_eq!(client.call::<i64>("round", ()).await.unwrap(), round);
+            server.stop().await;
+        });
+    }
+}

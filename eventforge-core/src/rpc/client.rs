@@ -5,7 +5,7 @@
 //! `_rpc_reply.<request id>`, exactly as a Python eventforge client does.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,7 +23,6 @@ use crate::error::Error;
 use crate::message::{new_id, Message};
 use crate::queue::MessageQueue;
 use crate::transport::Transport;
-use tokio::sync::OnceCell;
 
 /// The per-call deadline when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -253,8 +252,9 @@ pub struct RpcClient {
     request_topic: Arc<str>,
     timeout: Duration,
     routing: ReplyRouting,
-    // The transport's shared reply subscription, looked up once per client.
-    demux: Arc<OnceCell<Arc<ReplyDemux>>>,
+    // The transport's shared reply subscription, looked up once per client
+    // (and again if it died with the runtime that ran it).
+    demux: Arc<Mutex<Option<Arc<ReplyDemux>>>>,
 }
 
 impl fmt::Debug for RpcClient {
@@ -404,10 +404,7 @@ impl RpcClient {
                 topic: message.topic,
             });
         }
-        let demux = self
-            .demux
-            .get_or_try_init(|| ReplyDemux::of(&self.transport))
-            .await?;
+        let demux = self.demux().await?;
         // Registered before sending, so that even an immediate reply finds its call.
         let (_waiting, reply) = demux.wait_for(request_id);
         self.transport.send(message).await?;
@@ -421,11 +418,25 @@ impl RpcClient {
         }
     }
 
+    async fn demux(&self) -> Result<Arc<ReplyDemux>, Error> {
+        let known = lock(&self.demux).clone();
+        match known {
+            Some(demux) if demux.is_alive() => Ok(demux),
+            _ => {
+                let demux = ReplyDemux::of(&self.transport).await?;
+                *lock(&self.demux) = Some(Arc::clone(&demux));
+                Ok(demux)
+            }
+        }
+    }
+
     /// Calls waiting for a reply on this client's transport (shared reply
     /// routing only; 0 otherwise). Zero once every call has returned: a
     /// timed-out call leaves nothing behind.
     pub fn calls_waiting(&self) -> usize {
-        self.demux.get().map_or(0, |demux| demux.waiting())
+        lock(&self.demux)
+            .as_ref()
+            .map_or(0, |demux| demux.waiting())
     }
 }
 
@@ -449,4 +460,8 @@ impl RpcResponse {
     pub fn deserialize_from(payload: &Value) -> Result<Self, serde_json::Error> {
         serde::Deserialize::deserialize(payload)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -72,7 +72,7 @@ impl ReplyDemux {
         // (through its subscription task), so the address stays taken while
         // the entry is alive.
         let key = Arc::as_ptr(transport) as *const () as usize;
-        if let Some(live) = registry().get(&key).and_then(Weak::upgrade) {
+        if let Some(live) = Self::registered(key) {
             return Ok(live);
         }
         let pattern = Pattern::parse(&format!("{RPC_REPLY_PREFIX}*"))?;
@@ -102,11 +102,28 @@ impl ReplyDemux {
         let demux = Arc::new(ReplyDemux { waiters, task });
         let mut registry = registry();
         registry.retain(|_, entry| entry.strong_count() > 0);
-        if let Some(raced) = registry.get(&key).and_then(Weak::upgrade) {
+        if let Some(raced) = registry
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|demux| demux.is_alive())
+        {
             return Ok(raced);
         }
         registry.insert(key, Arc::downgrade(&demux));
         Ok(demux)
+    }
+
+    fn registered(key: usize) -> Option<Arc<ReplyDemux>> {
+        registry()
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|demux| demux.is_alive())
+    }
+
+    /// False once its subscription ended (the transport closed) or its task
+    /// was dropped with the runtime that ran it; a new one is then needed.
+    pub(crate) fn is_alive(&self) -> bool {
+        !self.task.is_finished()
     }
 
     /// Registers a call before its request is sent.
