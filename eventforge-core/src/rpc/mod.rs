@@ -16,6 +16,7 @@ pub mod handler;
 pub mod replies;
 pub mod round_robin;
 pub mod server;
+pub mod service;
 pub mod wire;
 
 pub use args::IntoArgs;
@@ -28,4 +29,5 @@ pub use handler::{
 pub use replies::ReplyRouting;
 pub use round_robin::RoundRobinRpcClient;
 pub use server::{RpcServer, RpcServerStats, DEFAULT_MAX_CONCURRENCY};
+pub use service::CallFuture;
 pub use wire::{request_topic, RpcRequest, RpcResponse, DEFAULT_SERVICE, RPC_REPLY_PREFIX};

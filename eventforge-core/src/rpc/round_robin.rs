@@ -4,7 +4,10 @@
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that a paused test clock drives cool-downs too.
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -48,9 +51,17 @@ pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
 /// assert_ne!(first, second);
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct RoundRobinRpcClient<C = RpcClient> {
     inner: Arc<Pool<C>>,
+}
+
+// Clones share the pool (and its rotation); members need not be `Clone`.
+impl<C> Clone for RoundRobinRpcClient<C> {
+    fn clone(&self) -> Self {
+        RoundRobinRpcClient {
+            inner: Arc::clone(&self.inner),
+        }
+    }
 }
 
 struct Pool<C> {
