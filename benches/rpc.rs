@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use eventforge::executor::{run_child_if_requested, Executor, ExecutorMode, FunctionRegistry};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use eventforge::rpc::{HandlerError, ReplyRouting};
@@ -19,7 +20,13 @@ use eventforge::{
 use serde_json::json;
 use tokio::sync::oneshot;
 
-const RUN: Duration = Duration::from_secs(2);
+/// How long each figure runs: 2 s under `cargo bench` (which passes
+/// `--bench`), a short smoke run otherwise (`cargo test --all-targets`).
+static RUN_MILLIS: AtomicU64 = AtomicU64::new(50);
+
+fn run_time() -> Duration {
+    Duration::from_millis(RUN_MILLIS.load(Ordering::Relaxed))
+}
 
 fn registry() -> FunctionRegistry {
     let mut registry = FunctionRegistry::new();
@@ -73,7 +80,7 @@ fn report(label: &str, figure: Run, floor_label: &str, floor: Run) {
     );
 }
 
-/// Sequential calls for `RUN`, timing each.
+/// Sequential calls for the run time, timing each.
 async fn sequential<F, Fut>(mut call: F) -> Run
 where
     F: FnMut() -> Fut,
@@ -84,7 +91,7 @@ where
     }
     let mut latencies = Vec::with_capacity(1 << 20);
     let started = Instant::now();
-    while started.elapsed() < RUN {
+    while started.elapsed() < run_time() {
         let t = Instant::now();
         call().await;
         latencies.push(t.elapsed());
@@ -96,7 +103,7 @@ where
     }
 }
 
-/// `in_flight` callers, each calling in a loop for `RUN`.
+/// `in_flight` callers, each calling in a loop for the run time.
 async fn concurrent<F, Fut>(in_flight: usize, call: F) -> Run
 where
     F: Fn() -> Fut + Clone + Send + 'static,
@@ -108,7 +115,7 @@ where
             let call = call.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                while started.elapsed() < RUN {
+                while started.elapsed() < run_time() {
                     let t = Instant::now();
                     call().await;
                     latencies.push(t.elapsed());
@@ -347,7 +354,7 @@ fn timed_blocking(mut work: impl FnMut()) -> Run {
     }
     let mut latencies = Vec::with_capacity(1 << 20);
     let started = Instant::now();
-    while started.elapsed() < RUN {
+    while started.elapsed() < run_time() {
         let t = Instant::now();
         work();
         latencies.push(t.elapsed());
@@ -361,10 +368,8 @@ fn timed_blocking(mut work: impl FnMut()) -> Run {
 
 fn main() {
     run_child_if_requested(&registry());
-    // `cargo test --benches` runs bench binaries too: keep that quick.
-    if std::env::args().any(|arg| arg == "--test") {
-        println!("rpc bench: skipped under --test");
-        return;
+    if std::env::args().any(|arg| arg == "--bench") {
+        RUN_MILLIS.store(2000, Ordering::Relaxed);
     }
     // Optional filter: `cargo bench --bench rpc -- thread` runs only matching groups.
     let only: Vec<String> = std::env::args()

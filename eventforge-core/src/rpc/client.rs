@@ -20,7 +20,7 @@ use super::wire::{
     request_topic, RpcResponse, DEFAULT_SERVICE, METHOD_NOT_FOUND, RPC_REPLY_PREFIX,
 };
 use crate::error::Error;
-use crate::message::{new_id, Message};
+use crate::message::Message;
 use crate::queue::MessageQueue;
 use crate::transport::Transport;
 
@@ -333,7 +333,7 @@ impl RpcClient {
     }
 
     fn request_message(&self, call: RpcCall, timeout: Duration) -> (Message, String) {
-        let id = new_id();
+        let id = request_id();
         let mut payload = Map::new();
         payload.insert("id".into(), Value::String(id.clone()));
         payload.insert("method".into(), Value::String(call.method));
@@ -342,7 +342,7 @@ impl RpcClient {
         let seconds = serde_json::Number::from_f64(timeout.as_secs_f64()).map(Value::Number);
         payload.insert("timeout".into(), seconds.unwrap_or(Value::Null));
         let message = Message::from_value(&*self.request_topic, Value::Object(payload))
-            .with_reply_to(format!("{RPC_REPLY_PREFIX}{id}"))
+            .with_reply_to([RPC_REPLY_PREFIX, &id].concat())
             .with_correlation_id(id.clone());
         (message, id)
     }
@@ -440,6 +440,16 @@ impl RpcClient {
     }
 }
 
+/// A fresh request id, a UUID v4 like [`new_id`](crate::new_id) but written without the
+/// formatting machinery (this runs on every call).
+fn request_id() -> String {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
+}
+
 /// The result of a response, or the error it carries.
 fn into_result(method: String, response: RpcResponse) -> Result<Value, RpcError> {
     if !response.is_error() {
@@ -464,4 +474,15 @@ impl RpcResponse {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_canonical_uuid_v4() {
+        let id = super::request_id();
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(parsed.hyphenated().to_string(), id);
+    }
 }
