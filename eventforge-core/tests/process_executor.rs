@@ -20,7 +20,9 @@ fn registry() -> FunctionRegistry {
     registry.register("exit", |code: Value| {
         std::process::exit(code.as_i64().unwrap_or(1) as i32)
     });
-    registry.register("panic", |_: Value| panic!("child task blew up"));
+    registry.register("panic", |_: Value| {
+        panic!("child task blew up (a panic this test provokes on purpose)")
+    });
     registry.register("chatty", |_: Value| {
         println!("a task printing to stdout must not break the protocol");
         print!("\0EF half a marker");

@@ -17,7 +17,7 @@ use super::args::IntoArgs;
 use super::error::RpcError;
 use super::replies::{ReplyDemux, ReplyRouting};
 use super::wire::{
-    request_topic, RpcResponse, DEFAULT_SERVICE, METHOD_NOT_FOUND, RPC_REPLY_PREFIX,
+    fresh_id, request_topic, RpcResponse, DEFAULT_SERVICE, METHOD_NOT_FOUND, RPC_REPLY_PREFIX,
 };
 use crate::error::Error;
 use crate::message::Message;
@@ -333,7 +333,7 @@ impl RpcClient {
     }
 
     fn request_message(&self, call: RpcCall, timeout: Duration) -> (Message, String) {
-        let id = request_id();
+        let id = fresh_id();
         let mut payload = Map::new();
         payload.insert("id".into(), Value::String(id.clone()));
         payload.insert("method".into(), Value::String(call.method));
@@ -440,16 +440,6 @@ impl RpcClient {
     }
 }
 
-/// A fresh request id, a UUID v4 like [`new_id`](crate::new_id) but written without the
-/// formatting machinery (this runs on every call).
-fn request_id() -> String {
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4()
-        .hyphenated()
-        .encode_lower(&mut text)
-        .to_owned()
-}
-
 /// The result of a response, or the error it carries.
 fn into_result(method: String, response: RpcResponse) -> Result<Value, RpcError> {
     if !response.is_error() {
@@ -480,7 +470,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     #[test]
     fn request_ids_are_canonical_uuid_v4() {
-        let id = super::request_id();
+        let id = super::fresh_id();
         let parsed = uuid::Uuid::parse_str(&id).unwrap();
         assert_eq!(parsed.get_version_num(), 4);
         assert_eq!(parsed.hyphenated().to_string(), id);

@@ -67,7 +67,7 @@ impl RpcRequest {
     /// A request for `method` with a fresh id, no arguments and no timeout.
     pub fn new(method: impl Into<String>) -> Self {
         RpcRequest {
-            id: new_id(),
+            id: fresh_id(),
             method: method.into(),
             args: Vec::new(),
             kwargs: Map::new(),
@@ -140,7 +140,7 @@ impl RpcResponse {
     /// A successful response carrying `result`.
     pub fn success(request_id: impl Into<String>, result: Value) -> Self {
         RpcResponse {
-            id: new_id(),
+            id: fresh_id(),
             request_id: request_id.into(),
             result,
             error: None,
@@ -155,7 +155,7 @@ impl RpcResponse {
         error: impl Into<String>,
     ) -> Self {
         RpcResponse {
-            id: new_id(),
+            id: fresh_id(),
             request_id: request_id.into(),
             result: Value::Null,
             error: Some(error.into()),
@@ -180,6 +180,16 @@ impl RpcResponse {
     pub fn is_error(&self) -> bool {
         self.error.is_some() || self.error_type.is_some()
     }
+}
+
+/// A fresh UUID v4 in canonical form, like [`new_id`] but written without
+/// the formatting machinery: RPC makes two per call.
+pub(crate) fn fresh_id() -> String {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
