@@ -51,6 +51,7 @@ on_memory!(
     request_without_reply_to_runs_and_sends_no_response,
     requests_run_concurrently_up_to_the_limit,
     server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry,
+    stop_answers_calls_in_flight_then_stops_listening,
 );
 
 async fn late_reply_is_dropped_and_leaves_nothing_behind(routing: ReplyRouting) {

@@ -396,6 +396,54 @@ pub async fn server_stopped_mid_stream_loses_no_result_under_round_robin_with_re
     }
 }
 
+pub async fn stop_answers_calls_in_flight_then_stops_listening(t: Target) {
+    let (server_side, client_side) = (t.make)().await;
+    let service = unique_service("drain");
+    let (started_tx, mut started_rx) = mpsc::channel::<()>(1);
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let server = RpcServer::new(MessageQueue::from_shared(server_side)).service(&service);
+    server.register("slow", move |n: i64| {
+        let started = started_tx.clone();
+        let mut gate = gate_rx.clone();
+        async move {
+            let _ = started.send(()).await;
+            let _ = gate.wait_for(|open| *open).await;
+            Ok::<_, HandlerError>(n * 2)
+        }
+    });
+    server.serve().await.unwrap();
+    let client = t
+        .client(client_side, &service)
+        .timeout(Duration::from_secs(2));
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call::<i64>("slow", (21,)).await })
+    };
+    started_rx.recv().await.unwrap();
+    let mut stopping = tokio::spawn(async move {
+        server.stop().await;
+        server
+    });
+    // stop() cannot finish while the call is still running.
+    let early = tokio::time::timeout(Duration::from_millis(100), &mut stopping).await;
+    assert!(
+        early.is_err(),
+        "stop returned before the call in flight was answered"
+    );
+    gate_tx.send(true).unwrap();
+    assert_eq!(in_flight.await.unwrap().unwrap(), 42);
+    let server = stopping.await.unwrap();
+    assert!(!server.is_serving().await);
+    let after = client.call::<i64>("slow", (1,)).await.unwrap_err();
+    assert!(
+        matches!(
+            after,
+            RpcError::NoResponders { .. } | RpcError::Timeout { .. }
+        ),
+        "{after:?}"
+    );
+}
+
 /// Every test of the suite, by name, for a transport's test file to run.
 pub async fn run_all(t: Target) {
     thousand_concurrent_calls_are_all_answered(t).await;
@@ -410,4 +458,5 @@ pub async fn run_all(t: Target) {
     request_without_reply_to_runs_and_sends_no_response(t).await;
     requests_run_concurrently_up_to_the_limit(t).await;
     server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(t).await;
+    stop_answers_calls_in_flight_then_stops_listening(t).await;
 }
