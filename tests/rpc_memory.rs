@@ -159,3 +159,20 @@ fn client_outlives_the_runtime_that_made_its_reply_subscription() {
         });
     }
 }
+
+#[tokio::test]
+async fn dropping_a_serving_server_stops_it() {
+    let transport = MemoryTransport::new();
+    let queue = MessageQueue::new(transport.clone());
+    let before = transport.stats().subscriptions;
+    let server = eventforge::RpcServer::new(queue.clone()).service(unique_service("dropped"));
+    server.serve().await.unwrap();
+    assert_eq!(transport.stats().subscriptions, before + 1);
+    drop(server);
+    // The serving task is cancelled asynchronously; poll with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while transport.stats().subscriptions != before {
+        assert!(std::time::Instant::now() < deadline, "still subscribed");
+        tokio::task::yield_now().await;
+    }
+}

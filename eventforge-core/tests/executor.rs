@@ -180,3 +180,27 @@ fn default_workers_is_the_cpu_count() {
         .unwrap();
     assert_eq!(executor.max_workers(), cpus);
 }
+
+#[tokio::test]
+async fn submit_fails_when_too_many_tasks_are_unfinished() {
+    let executor = Executor::builder(ExecutorMode::Thread)
+        .max_workers(1)
+        .max_queued_tasks(2)
+        .build();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let first = executor.submit_fn(move || gate.recv().map(|()| 1)).unwrap();
+    let second = executor.submit_fn(|| Ok::<_, String>(2)).unwrap();
+    assert!(matches!(
+        executor.submit_fn(|| Ok::<_, String>(3)),
+        Err(ExecutorError::QueueFull { limit: 2 })
+    ));
+    release.send(()).unwrap();
+    assert_eq!(executor.result(&first, WAIT).await.unwrap().value, 1);
+    assert_eq!(executor.result(&second, WAIT).await.unwrap().value, 2);
+    // Finished tasks no longer count.
+    let third = executor.submit_fn(|| Ok::<_, String>(3)).unwrap();
+    let fourth = executor.submit_fn(|| Ok::<_, String>(4)).unwrap();
+    assert_eq!(executor.result(&third, WAIT).await.unwrap().value, 3);
+    assert_eq!(executor.result(&fourth, WAIT).await.unwrap().value, 4);
+    executor.stop(true).await;
+}

@@ -40,6 +40,10 @@ use thread::ThreadPool;
 /// the oldest untaken ones are dropped.
 pub const DEFAULT_MAX_RETAINED_RESULTS: usize = 10_000;
 
+/// Tasks queued or running at once when nothing else is set; past it
+/// `submit` fails with [`ExecutorError::QueueFull`].
+pub const DEFAULT_MAX_QUEUED_TASKS: usize = 100_000;
+
 /// Where tasks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ExecutorMode {
@@ -75,6 +79,12 @@ pub enum ExecutorError {
     /// Worker threads or child processes could not be started.
     #[error("could not start executor workers: {0}")]
     Spawn(#[source] std::io::Error),
+    /// Too many tasks are queued or running; take results or wait, then submit again.
+    #[error("{limit} tasks are already queued or running; wait for some to finish")]
+    QueueFull {
+        /// The limit set with [`ExecutorBuilder::max_queued_tasks`].
+        limit: usize,
+    },
     /// Closures cannot cross into a child process.
     #[error("process mode runs registered functions only; use submit(name, input)")]
     ClosureInProcessMode,
@@ -88,12 +98,21 @@ pub struct ExecutorBuilder {
     thread_name_prefix: String,
     max_tasks_per_child: Option<usize>,
     max_retained_results: usize,
+    max_queued_tasks: usize,
     registry: FunctionRegistry,
     program: Option<PathBuf>,
     program_args: Vec<String>,
 }
 
 impl ExecutorBuilder {
+    /// Tasks queued or running at once (default 100,000); `submit` fails
+    /// with [`ExecutorError::QueueFull`] past it, so a producer faster than
+    /// the workers cannot grow the queue without bound.
+    pub fn max_queued_tasks(mut self, tasks: usize) -> Self {
+        self.max_queued_tasks = tasks.max(1);
+        self
+    }
+
     /// Worker threads or child processes (default: the number of CPUs).
     pub fn max_workers(mut self, workers: usize) -> Self {
         self.max_workers = Some(workers.max(1));
@@ -149,7 +168,11 @@ impl ExecutorBuilder {
                 registry: Arc::new(self.registry),
                 program: self.program,
                 program_args: self.program_args,
-                store: Mutex::new(ResultStore::new(self.max_retained_results)),
+                store: Mutex::new(ResultStore::new(
+                    self.max_retained_results,
+                    self.max_queued_tasks,
+                )),
+                max_queued_tasks: self.max_queued_tasks,
                 backend: Mutex::new(Backend::NotStarted),
                 cancelled: Arc::new(AtomicBool::new(false)),
             }),
@@ -199,6 +222,7 @@ struct Inner {
     program: Option<PathBuf>,
     program_args: Vec<String>,
     store: Mutex<ResultStore>,
+    max_queued_tasks: usize,
     backend: Mutex<Backend>,
     // Set by `stop(false)`: queued tasks finish as cancelled instead of running.
     cancelled: Arc<AtomicBool>,
@@ -242,6 +266,7 @@ impl Executor {
             thread_name_prefix: "eventforge-worker".to_owned(),
             max_tasks_per_child: None,
             max_retained_results: DEFAULT_MAX_RETAINED_RESULTS,
+            max_queued_tasks: DEFAULT_MAX_QUEUED_TASKS,
             registry: FunctionRegistry::new(),
             program: None,
             program_args: Vec::new(),
@@ -316,7 +341,7 @@ impl Executor {
     pub fn submit(&self, function: &str, input: Value) -> Result<String, ExecutorError> {
         self.start()?;
         let task_id = crate::message::new_id();
-        let cell = lock(&self.inner.store).insert(task_id.clone());
+        let cell = self.new_cell(&task_id)?;
         if self.inner.mode == ExecutorMode::Process {
             let job = ProcessJob {
                 task_id: task_id.clone(),
@@ -357,7 +382,7 @@ impl Executor {
         }
         self.start()?;
         let task_id = crate::message::new_id();
-        let cell = lock(&self.inner.store).insert(task_id.clone());
+        let cell = self.new_cell(&task_id)?;
         self.dispatch(task_id, cell, move || {
             let value = function().map_err(|e| TaskFailure {
                 error_type: "Error".to_owned(),
@@ -409,9 +434,17 @@ impl Executor {
         }
     }
 
+    fn new_cell(&self, task_id: &str) -> Result<Arc<TaskCell>, ExecutorError> {
+        lock(&self.inner.store)
+            .insert(task_id.to_owned())
+            .ok_or(ExecutorError::QueueFull {
+                limit: self.inner.max_queued_tasks,
+            })
+    }
+
     /// Removes a task that could not be queued; the executor is stopping.
     fn forget(&self, task_id: &str) -> ExecutorError {
-        lock(&self.inner.store).remove(task_id);
+        lock(&self.inner.store).abandon(task_id);
         ExecutorError::Stopped
     }
 

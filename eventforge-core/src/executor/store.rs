@@ -2,6 +2,7 @@
 //! once taken (the Python peer kept every result forever).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -10,18 +11,27 @@ use tokio::sync::Notify;
 use super::result::TaskResult;
 
 /// One task's slot: empty until its result is written.
-#[derive(Default)]
 pub(crate) struct TaskCell {
     result: Mutex<Option<TaskResult>>,
     // Wakes blocking waiters.
     ready: Condvar,
     // Wakes async waiters.
     notify: Notify,
+    // The store's count of unfinished tasks, decreased when this one ends.
+    unfinished: Option<Arc<AtomicUsize>>,
 }
 
 impl TaskCell {
     pub(crate) fn complete(&self, result: TaskResult) {
-        *lock(&self.result) = Some(result);
+        {
+            let mut slot = lock(&self.result);
+            if slot.is_none() {
+                if let Some(unfinished) = &self.unfinished {
+                    unfinished.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            *slot = Some(result);
+        }
         self.ready.notify_all();
         self.notify.notify_waiters();
     }
@@ -76,9 +86,12 @@ impl TaskCell {
     }
 }
 
-/// The cells of tasks not yet taken, at most `capacity` finished ones.
+/// The cells of tasks not yet taken, at most `capacity` finished ones and
+/// at most `max_unfinished` queued or running ones.
 pub(crate) struct ResultStore {
     cells: HashMap<String, Arc<TaskCell>>,
+    unfinished: Arc<AtomicUsize>,
+    max_unfinished: usize,
     // Submission order, to evict the oldest finished results first.
     order: VecDeque<String>,
     capacity: usize,
@@ -86,23 +99,45 @@ pub(crate) struct ResultStore {
 }
 
 impl ResultStore {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, max_unfinished: usize) -> Self {
         ResultStore {
             cells: HashMap::new(),
+            unfinished: Arc::default(),
+            max_unfinished: max_unfinished.max(1),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             evicted: 0,
         }
     }
 
-    pub(crate) fn insert(&mut self, task_id: String) -> Arc<TaskCell> {
-        let cell = Arc::new(TaskCell::default());
+    /// A cell for a new task; `None` when `max_unfinished` tasks are
+    /// already queued or running.
+    pub(crate) fn insert(&mut self, task_id: String) -> Option<Arc<TaskCell>> {
+        if self.unfinished.load(Ordering::Acquire) >= self.max_unfinished {
+            return None;
+        }
+        self.unfinished.fetch_add(1, Ordering::AcqRel);
+        let cell = Arc::new(TaskCell {
+            result: Mutex::default(),
+            ready: Condvar::new(),
+            notify: Notify::new(),
+            unfinished: Some(Arc::clone(&self.unfinished)),
+        });
         self.cells.insert(task_id.clone(), Arc::clone(&cell));
         self.order.push_back(task_id);
         if self.cells.len() > self.capacity {
             self.evict();
         }
-        cell
+        Some(cell)
+    }
+
+    /// Removes a task that will never run (it could not be queued).
+    pub(crate) fn abandon(&mut self, task_id: &str) {
+        if let Some(cell) = self.cells.remove(task_id) {
+            if !cell.is_done() {
+                self.unfinished.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     pub(crate) fn get(&self, task_id: &str) -> Option<Arc<TaskCell>> {

@@ -36,13 +36,13 @@ pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let queue = MessageQueue::memory();
-/// let mut clients = Vec::new();
+/// let (mut servers, mut clients) = (Vec::new(), Vec::new());
 /// for worker in ["w1", "w2"] {
 ///     let server = RpcServer::new(queue.clone()).service(worker);
 ///     let name = worker.to_owned();
 ///     server.register("whoami", move || Ok::<_, HandlerError>(name.clone()));
 ///     server.serve().await?;
-///     std::mem::forget(server); // keep serving for the example
+///     servers.push(server);
 ///     clients.push(RpcClient::new(queue.clone()).service(worker));
 /// }
 /// let pool = RoundRobinRpcClient::new(clients);

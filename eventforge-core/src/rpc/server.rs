@@ -52,7 +52,7 @@ pub struct RpcServerStats {
 /// [`RpcHandler`](super::RpcHandler)). Requests run concurrently up to
 /// [`max_concurrency`](Self::max_concurrency); a handler error, a wrong
 /// argument, an unknown method or a panic is answered with an error
-/// response, never by dropping the request.
+/// response, never by dropping the request. Dropping the server stops it.
 ///
 /// ```
 /// use eventforge_core::rpc::{HandlerError, RpcClient, RpcServer};
@@ -95,6 +95,19 @@ struct Inner {
 struct Running {
     subscription: SubscriptionId,
     task: JoinHandle<()>,
+}
+
+impl Drop for RpcServer {
+    /// Dropping the server stops serving at once: the request subscription
+    /// ends, calls already running still answer. Use [`stop`](RpcServer::stop)
+    /// to also answer what is buffered and wait for it.
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.inner.running.try_lock() {
+            if let Some(running) = running.take() {
+                running.task.abort();
+            }
+        }
+    }
 }
 
 impl fmt::Debug for RpcServer {
