@@ -374,11 +374,16 @@ impl RpcCaller for RpcClient {
                 source,
             },
         })?;
-        let response =
-            RpcResponse::deserialize_from(&reply.payload).map_err(|source| RpcError::Decode {
-                method: method.clone(),
-                source,
-            })?;
+        // The reply usually reached this call alone: then its payload is
+        // moved out rather than copied.
+        let decoded = match Arc::try_unwrap(reply) {
+            Ok(reply) => serde_json::from_value::<RpcResponse>(reply.payload),
+            Err(shared) => RpcResponse::deserialize_from(&shared.payload),
+        };
+        let response = decoded.map_err(|source| RpcError::Decode {
+            method: method.clone(),
+            source,
+        })?;
         into_result(method, response)
     }
 
