@@ -339,9 +339,81 @@ fn bind_kwargs<T: DeserializeOwned>(
             kwargs.insert((*field).to_owned(), value);
         }
     }
-    serde_json::from_value(Value::Object(kwargs)).map_err(|error| {
-        HandlerError::type_error(format!("{method}() arguments do not fit: {error}"))
+    let mut reading = None;
+    T::deserialize(NamedArguments {
+        entries: kwargs.into_iter(),
+        reading: &mut reading,
     })
+    .map_err(|error| match reading {
+        // A value of the wrong shape: name the argument being read.
+        Some(name) => HandlerError::type_error(format!(
+            "{method}() argument '{name}' has the wrong type: {error}"
+        )),
+        // Missing arguments and the like: serde's text names the field.
+        None => HandlerError::type_error(format!("{method}() arguments do not fit: {error}")),
+    })
+}
+
+/// Named arguments read as a map, remembering which one is being read so
+/// that a type error can name it.
+struct NamedArguments<'a> {
+    entries: serde_json::map::IntoIter,
+    reading: &'a mut Option<String>,
+}
+
+impl<'de> de::Deserializer<'de> for NamedArguments<'_> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(NamedArgumentAccess {
+            entries: self.entries,
+            reading: self.reading,
+            value: None,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct NamedArgumentAccess<'a> {
+    entries: serde_json::map::IntoIter,
+    reading: &'a mut Option<String>,
+    // The value of the key just handed out.
+    value: Option<Value>,
+}
+
+impl<'de> de::MapAccess<'de> for NamedArgumentAccess<'_> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let Some((name, value)) = self.entries.next() else {
+            *self.reading = None;
+            return Ok(None);
+        };
+        self.value = Some(value);
+        let key = seed.deserialize(
+            de::IntoDeserializer::<serde_json::Error>::into_deserializer(name.as_str()),
+        )?;
+        *self.reading = Some(name);
+        Ok(Some(key))
+    }
+
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        let value = self.value.take().unwrap_or(Value::Null);
+        let read = seed.deserialize(value)?;
+        *self.reading = None;
+        Ok(read)
+    }
 }
 
 /// The field names of a `#[derive(Deserialize)]` struct, in declaration
@@ -434,6 +506,26 @@ mod tests {
         let err = bind_kwargs::<Greet>("greet", vec!["bob".into()], Map::new()).unwrap_err();
         assert!(err.message().contains("punct"), "{err}");
         assert!(err.message().starts_with("greet()"), "{err}");
+    }
+
+    #[test]
+    fn a_named_argument_of_the_wrong_type_is_named() {
+        let mut kwargs = Map::new();
+        kwargs.insert("name".into(), "bob".into());
+        kwargs.insert("punct".into(), 3.into());
+        let err = bind_kwargs::<Greet>("greet", Vec::new(), kwargs).unwrap_err();
+        assert_eq!(err.error_type(), "TypeError");
+        assert!(
+            err.message().starts_with("greet() argument 'punct'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_positional_argument_bound_to_a_field_is_named_by_that_field() {
+        let err =
+            bind_kwargs::<Greet>("greet", vec![1.into(), "!".into()], Map::new()).unwrap_err();
+        assert!(err.message().contains("argument 'name'"), "{err}");
     }
 
     #[test]
