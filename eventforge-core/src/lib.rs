@@ -53,6 +53,6 @@ pub use executor::{
 };
 pub use retry::{with_retry, RetryPolicy, Retrying};
 pub use rpc::{
-    HandlerError, IntoArgs, Kwargs, RoundRobinRpcClient, RpcCall, RpcCaller, RpcClient, RpcError,
-    RpcErrorKind, RpcHandler, RpcRequest, RpcResponse, RpcServer,
+    HandlerError, IntoArgs, Kwargs, ReplyRouting, RoundRobinRpcClient, RpcCall, RpcCaller,
+    RpcClient, RpcError, RpcErrorKind, RpcHandler, RpcRequest, RpcResponse, RpcServer,
 };
