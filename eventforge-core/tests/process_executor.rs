@@ -148,6 +148,51 @@ async fn rpc_methods_can_run_on_a_process_executor() {
     executor.stop(true).await;
 }
 
+async fn a_child_program_that_does_not_serve_fails_its_tasks_with_a_hint() {
+    let executor = Executor::builder(ExecutorMode::Process)
+        .max_workers(1)
+        .child_program(
+            "sh",
+            vec!["-c".into(), "echo I am not an executor child".into()],
+        )
+        .build();
+    let result = executor.run("square", json!(2)).await.unwrap();
+    assert_eq!(result.error_type.as_deref(), Some("WorkerCrashed"));
+    let text = result.error.unwrap();
+    assert!(text.contains("exited with code 0"), "{text}");
+    assert!(text.contains("run_child_if_requested"), "{text}");
+    executor.stop(true).await;
+}
+
+/// Set (with the child variable) to play a program whose main forgot to
+/// serve and then builds a process executor itself.
+const FORGETFUL: &str = "EVENTFORGE_TEST_FORGETFUL_CHILD";
+
+fn forgetful_main() {
+    let executor = Executor::builder(ExecutorMode::Process)
+        .max_workers(1)
+        .registry(registry())
+        .build();
+    match executor.start() {
+        Err(ExecutorError::Spawn(error)) => println!("refused: {error}"),
+        Err(other) => println!("unexpected error: {other}"),
+        Ok(()) => println!("started children of its own"),
+    }
+}
+
+async fn a_child_that_did_not_serve_cannot_start_children_of_its_own() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(eventforge_core::executor::CHILD_ENV, "1")
+        .env(FORGETFUL, "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("refused:") && text.contains("run_child_if_requested"),
+        "{text}"
+    );
+}
+
 macro_rules! tests {
     ($($name:ident),* $(,)?) => {
         vec![$((stringify!($name), Box::pin($name()) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>)),*]
@@ -155,6 +200,10 @@ macro_rules! tests {
 }
 
 fn main() {
+    if std::env::var_os(FORGETFUL).is_some() {
+        forgetful_main();
+        return;
+    }
     run_child_if_requested(&registry());
 
     let filter: Vec<String> = std::env::args()
@@ -175,6 +224,8 @@ fn main() {
         stdout_noise_from_a_task_does_not_break_the_protocol,
         closures_are_refused_in_process_mode,
         rpc_methods_can_run_on_a_process_executor,
+        a_child_program_that_does_not_serve_fails_its_tasks_with_a_hint,
+        a_child_that_did_not_serve_cannot_start_children_of_its_own,
     );
     let (mut passed, mut failed) = (0, 0);
     for (name, test) in tests {

@@ -316,6 +316,14 @@ impl Executor {
                     .map_err(ExecutorError::Spawn)?,
             )),
             ExecutorMode::Process => {
+                // A child that did not serve (its main lacks the call) must
+                // not start children of its own: that would recurse.
+                if std::env::var_os(CHILD_ENV).is_some() {
+                    return Err(ExecutorError::Spawn(std::io::Error::other(
+                        "this process was started as an executor child but did not serve: \
+                         call run_child_if_requested first thing in main",
+                    )));
+                }
                 let program = match &inner.program {
                     Some(program) => program.clone(),
                     None => std::env::current_exe().map_err(ExecutorError::Spawn)?,

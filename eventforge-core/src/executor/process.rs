@@ -169,7 +169,9 @@ fn run_slot(
                     job.task_id,
                     "WorkerCrashed",
                     format!(
-                        "worker process {pid} died while running {}(): it {how}",
+                        "worker process {pid} died while running {}(): it {how} \
+                         (if every task ends so, check that the program's main calls \
+                         run_child_if_requested first)",
                         job.function
                     ),
                     Duration::ZERO,
