@@ -143,8 +143,8 @@ impl RpcServer {
         }
     }
 
-    /// Serves `service` instead (requests on `<service>.request`). Set it
-    /// before registering methods: it makes a new server over the same queue.
+    /// Serves `service` instead (requests on `<service>.request`). Methods
+    /// registered so far are kept; set it before `serve`.
     pub fn service(self, service: impl Into<String>) -> Self {
         let max = *lock(&self.inner.max_concurrency);
         let server = Self::build(self.inner.queue.clone(), service.into(), max);
