@@ -44,3 +44,15 @@ pub use router::{AwaitedReplyGuard, OverflowPolicy, Router, RouterStats, DEFAULT
 pub use subscription::{Subscription, SubscriptionId};
 pub use topic::{validate_topic, IntoPattern, Pattern, PatternTrie, Segment};
 pub use transport::{await_reply, prepare_request, Capabilities, Transport, REPLY_PREFIX};
+pub mod executor;
+pub mod retry;
+pub mod rpc;
+pub use executor::{
+    run_child_if_requested, Executor, ExecutorBuilder, ExecutorError, ExecutorMode,
+    FunctionRegistry, TaskResult, TaskStatus,
+};
+pub use retry::{with_retry, RetryPolicy, Retrying};
+pub use rpc::{
+    HandlerError, IntoArgs, Kwargs, ReplyRouting, RoundRobinRpcClient, RpcCall, RpcCaller,
+    RpcClient, RpcError, RpcErrorKind, RpcHandler, RpcRequest, RpcResponse, RpcServer,
+};

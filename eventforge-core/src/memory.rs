@@ -144,4 +144,8 @@ impl Transport for MemoryTransport {
     fn is_closed(&self) -> bool {
         self.router.is_closed()
     }
+
+    fn has_subscribers(&self, topic: &str) -> Option<bool> {
+        Some(self.router.has_subscribers(topic))
+    }
 }

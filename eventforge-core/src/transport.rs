@@ -93,6 +93,15 @@ pub trait Transport: Send + Sync + 'static {
 
     /// True once [`close`](Self::close) has been called.
     fn is_closed(&self) -> bool;
+
+    /// Whether anybody subscribes to `topic`, for transports that can tell
+    /// locally at no cost (the memory transport); `None` when unknown.
+    /// Lets a sender fail fast with [`Error::NoResponders`] without a
+    /// round trip.
+    fn has_subscribers(&self, topic: &str) -> Option<bool> {
+        let _ = topic;
+        None
+    }
 }
 
 /// Fills in a request's `reply_to` (a fresh `_reply.<uuid>`) and
