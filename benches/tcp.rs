@@ -158,14 +158,18 @@ async fn request_reply_section() -> Result<(), AnyError> {
     let request_frame = FrameCodec::new().encode_frame(&request)?;
     let mut echo = Vec::new();
     let mut queue = Vec::new();
+    let mut rpc = Vec::new();
     for _ in 0..RUNS {
         echo.push(bare_echo(request_frame.clone(), ROUND_TRIPS).await?);
         queue.push(request_reply(ROUND_TRIPS).await?);
+        rpc.push(rpc_calls(ROUND_TRIPS).await?);
     }
     let echo = middle(echo);
     let queue = middle(queue);
+    let rpc = middle(rpc);
     echo.print("bare tokio echo (floor)", None);
     queue.print("MessageQueue.request", Some(&echo));
+    rpc.print("RpcClient.call add(a, b)", Some(&echo));
     println!();
     Ok(())
 }
@@ -424,6 +428,41 @@ async fn request_reply(n: usize) -> Result<Latency, AnyError> {
     let _ = done_tx.send(());
     let server_cpu = joined(server).await?;
     client.close().await?;
+    Ok(Latency::new(latencies, client_cpu, server_cpu))
+}
+
+async fn rpc_calls(n: usize) -> Result<Latency, AnyError> {
+    use eventforge::rpc::{HandlerError, RpcClient, RpcServer};
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let server = peer(move || async move {
+        let transport = TcpServerTransport::bind("127.0.0.1:0").await?;
+        let _ = addr_tx.send(transport.local_addr());
+        let server = RpcServer::new(MessageQueue::new(transport)).service("math");
+        server.register("add", |a: i64, b: i64| async move {
+            Ok::<_, HandlerError>(a + b)
+        });
+        server.serve().await?;
+        let cpu = thread_cpu();
+        let _ = done_rx.await;
+        let cpu = thread_cpu() - cpu;
+        server.stop().await;
+        Ok(cpu)
+    });
+    let queue = MessageQueue::new(TcpClientTransport::connect(addr_rx.await?).await?);
+    let client = RpcClient::new(queue.clone()).service("math");
+    let mut latencies = Vec::with_capacity(n);
+    let cpu = thread_cpu();
+    for i in 0..n {
+        let started = Instant::now();
+        let sum: i64 = client.call("add", (i as i64, 1)).await?;
+        latencies.push(started.elapsed());
+        debug_assert_eq!(sum, i as i64 + 1);
+    }
+    let client_cpu = thread_cpu() - cpu;
+    let _ = done_tx.send(());
+    let server_cpu = joined(server).await?;
+    queue.close().await?;
     Ok(Latency::new(latencies, client_cpu, server_cpu))
 }
 
