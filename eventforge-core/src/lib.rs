@@ -42,5 +42,5 @@ pub use message::{new_id, Headers, Message};
 pub use queue::{HandlerId, MessageQueue, QueueStats};
 pub use router::{OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
 pub use subscription::{Subscription, SubscriptionId};
-pub use topic::{validate_topic, IntoPattern, Pattern, PatternTrie, Segment};
+pub use topic::{validate_topic, IntoPattern, Pattern, PatternTrie, Segment, MATCH_TABLE};
 pub use transport::{await_reply, prepare_request, Capabilities, Transport, REPLY_PREFIX};

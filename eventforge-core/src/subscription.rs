@@ -69,6 +69,23 @@ impl Subscription {
         }
     }
 
+    /// Adds `hook` to what runs when this subscription is dropped, after the
+    /// hook given at creation. For transports that keep their own state per
+    /// subscription (a broker subscription to release) on top of a router.
+    pub fn also_on_drop(
+        mut self,
+        hook: impl FnOnce(SubscriptionId) + Send + Sync + 'static,
+    ) -> Self {
+        let first = self.on_drop.take();
+        self.on_drop = Some(Box::new(move |id| {
+            if let Some(first) = first {
+                first(id);
+            }
+            hook(id);
+        }));
+        self
+    }
+
     /// The id to pass to [`Transport::unsubscribe`](crate::Transport::unsubscribe).
     pub fn id(&self) -> SubscriptionId {
         self.id
