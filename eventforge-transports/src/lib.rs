@@ -8,7 +8,15 @@
 //! - `redis` (feature `redis`): Redis pub/sub;
 //! - `nats` (feature `nats`): NATS, with native request/reply.
 //!
-//! The transports themselves are not part of this release yet; the features
-//! exist so that code can already name them.
+//! Each broker transport returns from `subscribe` only once the broker has
+//! confirmed the subscription, reconnects by itself, and reports the gap
+//! through `tracing` and its stats.
 
 #![warn(missing_docs)]
+
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod broker_subscriptions;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
