@@ -255,7 +255,7 @@ impl EventSink {
 
 /// A [`Transport`] over NATS.
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use eventforge_core::{Error, MessageQueue};
 /// use eventforge_transports::nats::NatsTransport;

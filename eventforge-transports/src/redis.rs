@@ -172,7 +172,7 @@ impl RedisTransportBuilder {
 
 /// A [`Transport`] over Redis pub/sub.
 ///
-/// ```no_run
+/// ```
 /// use eventforge_core::MessageQueue;
 /// use eventforge_transports::redis::RedisTransport;
 ///

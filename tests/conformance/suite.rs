@@ -85,6 +85,7 @@ macro_rules! conformance_suite {
                 send_and_subscribe_fail_after_close,
                 subscribe_then_close_cycles_lose_nothing,
                 a_subscription_receives_only_what_is_published_after_it,
+                overlapping_patterns_deliver_once_per_subscription,
             );
         }
     };
@@ -485,5 +486,37 @@ pub async fn a_subscription_receives_only_what_is_published_after_it(peers: Peer
         2,
         "a subscription received a message published before it existed"
     );
+    peers.close().await;
+}
+
+pub async fn overlapping_patterns_deliver_once_per_subscription(peers: PeersFactory) {
+    let peers = peers().await;
+    assert!(peers.publisher.capabilities().ordered_per_publisher);
+    let prefix = unique("overlap");
+    let patterns = ["dup.created", "dup.*", "**", "dup.**", "*.created"];
+    let mut subscriptions = Vec::new();
+    for pattern in patterns {
+        subscriptions.push(subscribe(&peers.subscriber, &format!("{prefix}.{pattern}")).await);
+    }
+    let topic = format!("{prefix}.dup.created");
+    send(
+        &peers.publisher,
+        Message::new(&topic, "once").expect("message"),
+    )
+    .await;
+    // Every pattern matches the marker too: a duplicate would arrive before it.
+    send(
+        &peers.publisher,
+        Message::new(&topic, "marker").expect("marker"),
+    )
+    .await;
+    for (pattern, subscription) in patterns.iter().zip(&mut subscriptions) {
+        assert_eq!(next(subscription).await.payload, "once", "{pattern}");
+        assert_eq!(
+            next(subscription).await.payload,
+            "marker",
+            "{pattern} got a duplicate"
+        );
+    }
     peers.close().await;
 }
