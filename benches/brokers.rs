@@ -203,8 +203,7 @@ async fn nats_sync(client: &async_nats::Client) {
     let _ = client
         .request(unique("sync"), Bytes::new())
         .await
-        .err()
-        .expect("nobody answers the sync subject");
+        .expect_err("nobody answers the sync subject");
 }
 
 /// What a raw client moves in a pub-sub figure.

@@ -20,7 +20,7 @@ use eventforge_core::{
     Capabilities, Error, IntoPattern, Message, OverflowPolicy, Pattern, Result, Router, Segment,
     Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 use crate::broker_subscriptions::BrokerSubscriptions;
 
 const NAME: &str = "nats";
+
+/// Most messages a reader takes from the client at once.
+const READ_BATCH: usize = 256;
 
 /// Maps a pattern to the NATS subject that selects a superset of its topics:
 /// `*` stays `*`; the first `**` becomes `>` and ends the subject.
@@ -637,10 +640,12 @@ async fn server_round_trip(shared: &Shared) -> Result<()> {
 }
 
 async fn probe_loop(shared: Arc<Shared>, mut probes: async_nats::Subscriber) {
+    let stopped = shared.shutdown.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return,
+            _ = &mut stopped => return,
             probe = probes.next() => match probe {
                 Some(probe) => shared.sync.arrived(&probe),
                 None => return,
@@ -681,48 +686,70 @@ async fn read_loop(
     stop: CancellationToken,
     counters: Arc<Counters>,
 ) {
-    loop {
-        let message = tokio::select! {
+    // Made once: each `cancelled()` registers a waiter under a lock.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    let mut waiting = Vec::with_capacity(READ_BATCH);
+    'reading: loop {
+        let first = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
             message = subscriber.next() => match message {
                 Some(message) => message,
                 None => return,
             },
         };
-        let decoded = match Message::from_json(&message.payload) {
-            Ok(mut decoded) => {
-                // A plain NATS request (no eventforge reply_to) can be answered too.
-                if decoded.reply_to.is_none() {
-                    decoded.reply_to = message.reply.as_ref().map(|r| r.to_string());
-                }
-                decoded
+        waiting.push(first);
+        // What has already arrived is taken without waiting again.
+        while waiting.len() < READ_BATCH {
+            match subscriber.next().now_or_never() {
+                Some(Some(message)) => waiting.push(message),
+                Some(None) | None => break,
             }
-            Err(error) => {
-                let n = counters.undecodable.fetch_add(1, Ordering::Relaxed);
-                if n % 1000 == 0 {
-                    tracing::warn!(
-                        subject = %message.subject,
-                        %error,
-                        dropped_so_far = n + 1,
-                        "nats message is not an eventforge Message; dropped"
-                    );
-                }
+        }
+        for message in waiting.drain(..) {
+            let Some(decoded) = decode(&message, &counters) else {
                 continue;
+            };
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break 'reading,
+                routed = router.route(Arc::new(decoded)) => if let Err(error) = routed {
+                    tracing::debug!(subject = %message.subject, %error, "nats delivery incomplete");
+                },
             }
-        };
-        counters.received.fetch_add(1, Ordering::Relaxed);
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            routed = router.route(Arc::new(decoded)) => if let Err(error) = routed {
-                tracing::debug!(subject = %message.subject, %error, "nats delivery incomplete");
-            },
         }
     }
     // Tell the server at once rather than when the subscriber is dropped.
     if let Err(error) = subscriber.unsubscribe().await {
         tracing::debug!(%error, "nats unsubscribe failed");
+    }
+}
+
+/// The eventforge Message a NATS message carries; None (counted, logged)
+/// when it carries something else.
+fn decode(message: &async_nats::Message, counters: &Counters) -> Option<Message> {
+    match Message::from_json(&message.payload) {
+        Ok(mut decoded) => {
+            // A plain NATS request (no eventforge reply_to) can be answered too.
+            if decoded.reply_to.is_none() {
+                decoded.reply_to = message.reply.as_ref().map(|r| r.to_string());
+            }
+            counters.received.fetch_add(1, Ordering::Relaxed);
+            Some(decoded)
+        }
+        Err(error) => {
+            let n = counters.undecodable.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::warn!(
+                    subject = %message.subject,
+                    %error,
+                    dropped_so_far = n + 1,
+                    "nats message is not an eventforge Message; dropped"
+                );
+            }
+            None
+        }
     }
 }
 

@@ -434,10 +434,13 @@ async fn write_loop(
     // down server is not hammered by every batch.
     let mut next_attempt = Instant::now();
     let mut backoff = shared.options.initial_backoff;
+    // Made once: each `cancelled()` registers a waiter under a lock.
+    let stopped = shared.shutdown.cancelled();
+    tokio::pin!(stopped);
     loop {
         let received = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return,
+            _ = &mut stopped => return,
             received = queue.recv_many(&mut batch, MAX_BATCH) => received,
         };
         if received == 0 {
@@ -472,7 +475,7 @@ async fn write_loop(
                 }
                 tokio::select! {
                     biased;
-                    _ = shared.shutdown.cancelled() => return,
+                    _ = &mut stopped => return,
                     outcome = pipe.query_async::<Vec<i64>>(conn) => outcome.map_err(|e| e.to_string()),
                 }
             }
@@ -517,10 +520,12 @@ async fn read_loop(
     mut stream: PubSubStream,
     mut released: mpsc::UnboundedReceiver<SubscriptionId>,
 ) {
+    let stopped = shared.shutdown.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return,
+            _ = &mut stopped => return,
             Some(id) = released.recv() => {
                 release(&shared, id).await;
             }
@@ -528,7 +533,7 @@ async fn read_loop(
                 Some(message) => {
                     tokio::select! {
                         biased;
-                        _ = shared.shutdown.cancelled() => return,
+                        _ = &mut stopped => return,
                         _ = deliver(&shared, message) => {}
                     }
                 }
