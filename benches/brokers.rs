@@ -107,7 +107,7 @@ impl Latencies {
 
 fn print_header() {
     println!(
-        "{:<44} {:>14} {:>14} {:>7}  target",
+        "{:<60} {:>14} {:>14} {:>7}  target",
         "figure (median of 3)", "eventforge", "raw client", "ratio"
     );
 }
@@ -139,7 +139,7 @@ fn print_rate(figure: &str, ours: f64, raw: f64, unit: &str, target: Option<f64>
         None => String::new(),
     };
     println!(
-        "{:<44} {:>14} {:>14} {:>7.2}  {}",
+        "{:<60} {:>14} {:>14} {:>7.2}  {}",
         format!("{figure} ({unit})"),
         format!("{ours:.0}"),
         format!("{raw:.0}"),
@@ -151,7 +151,7 @@ fn print_rate(figure: &str, ours: f64, raw: f64, unit: &str, target: Option<f64>
 fn print_latency(figure: &str, ours: &Latencies, raw: &Latencies) {
     print_rate(figure, ours.per_second, raw.per_second, "calls/s", None);
     println!(
-        "{:<44} {:>14} {:>14}",
+        "{:<60} {:>14} {:>14}",
         "    p50 / p99",
         format!("{:.0?} / {:.0?}", ours.p50, ours.p99),
         format!("{:.0?} / {:.0?}", raw.p50, raw.p99),
@@ -635,7 +635,7 @@ fn main() {
             "< 50ms NOT MET"
         };
         println!(
-            "{:<44} {:>14} {:>14} {:>7}  {}",
+            "{:<60} {:>14} {:>14} {:>7}  {}",
             "NATS no responders, p50 / slowest of 200",
             format!("{p50:.0?} / {slowest:.0?}"),
             format!("{raw_p50:.0?} / {raw_slowest:.0?}"),

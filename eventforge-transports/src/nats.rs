@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::client::RequestErrorKind;
 use async_trait::async_trait;
 use eventforge_core::{
     Capabilities, Error, IntoPattern, Message, OverflowPolicy, Pattern, Result, Router, Segment,
@@ -60,6 +59,51 @@ pub fn nats_subject(pattern: &Pattern) -> String {
         }
     }
     subject
+}
+
+/// Replies to this transport's requests, all on one wildcard subscription
+/// (`_INBOX.<id>.*`), so a request costs no SUB/UNSUB of its own.
+#[derive(Debug)]
+struct Replies {
+    // `_INBOX.<id>.`: each request appends its token.
+    prefix: String,
+    next: AtomicU64,
+    waiting: std::sync::Mutex<HashMap<u64, oneshot::Sender<async_nats::Message>>>,
+}
+
+impl Replies {
+    fn waiting(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<async_nats::Message>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands a reply (or the server's "no responders" status) to its request.
+    fn arrived(&self, reply: async_nats::Message) {
+        let token = reply
+            .subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|token| token.parse::<u64>().ok());
+        // A second reply, or one after the timeout, has nobody waiting.
+        if let Some(waiter) = token.and_then(|token| self.waiting().remove(&token)) {
+            let _ = waiter.send(reply);
+        }
+    }
+}
+
+/// Forgets a request's token however the request ends (reply, timeout,
+/// or the caller dropping the future).
+struct PendingReply<'a> {
+    replies: &'a Replies,
+    token: u64,
+}
+
+impl Drop for PendingReply<'_> {
+    fn drop(&mut self) {
+        self.replies.waiting().remove(&self.token);
+    }
 }
 
 /// A NATS subscription: a subject, and the queue group sharing it if any.
@@ -197,6 +241,11 @@ impl NatsTransportBuilder {
             .subscribe(sync_subject.clone())
             .await
             .map_err(|e| Error::transport(NAME, e))?;
+        let reply_prefix = format!("{}.", client.new_inbox());
+        let replies = client
+            .subscribe(format!("{reply_prefix}*"))
+            .await
+            .map_err(|e| Error::transport(NAME, e))?;
         let (released, released_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             client,
@@ -210,16 +259,22 @@ impl NatsTransportBuilder {
                 next: AtomicU64::new(0),
                 waiters: std::sync::Mutex::new(HashMap::new()),
             },
+            replies: Replies {
+                prefix: reply_prefix,
+                next: AtomicU64::new(0),
+                waiting: std::sync::Mutex::new(HashMap::new()),
+            },
             options: self,
         });
         let releaser = tokio::spawn(release_loop(Arc::clone(&shared), released_rx));
         let prober = tokio::spawn(probe_loop(Arc::clone(&shared), probes));
+        let reply_reader = tokio::spawn(reply_loop(Arc::clone(&shared), replies));
         tracing::debug!(servers = ?shared.options.servers, "nats transport connected");
         Ok(NatsTransport {
             shared,
             released,
             closed: AtomicBool::new(false),
-            tasks: std::sync::Mutex::new(vec![releaser, prober]),
+            tasks: std::sync::Mutex::new(vec![releaser, prober, reply_reader]),
         })
     }
 }
@@ -301,6 +356,8 @@ struct Shared {
     shutdown: CancellationToken,
     // Round trips through the server, to confirm subscriptions.
     sync: SyncPoint,
+    // Where replies to this transport's requests arrive.
+    replies: Replies,
     options: NatsTransportBuilder,
 }
 
@@ -451,39 +508,47 @@ impl NatsTransport {
     }
 
     /// The request over NATS request/reply: the Message's `reply_to` is the
-    /// NATS reply inbox, so an eventforge responder in any language (which
-    /// publishes its reply Message to `reply_to`) and NATS' own "no
-    /// responders" status both arrive there.
+    /// NATS reply subject, so an eventforge responder in any language (which
+    /// publishes its reply Message to `reply_to`) and the server's "no
+    /// responders" status both arrive on this transport's reply inbox.
     async fn native_request(
         &self,
         mut message: Message,
         timeout: Duration,
     ) -> Result<Arc<Message>> {
-        let client = &self.shared.client;
-        let inbox = client.new_inbox();
-        message.reply_to = Some(inbox.clone());
+        let shared = &self.shared;
+        let replies = &shared.replies;
+        let token = replies.next.fetch_add(1, Ordering::Relaxed);
+        let reply_subject = format!("{}{token}", replies.prefix);
+        let (arrived, reply) = oneshot::channel();
+        replies.waiting().insert(token, arrived);
+        let _pending = PendingReply { replies, token };
+        message.reply_to = Some(reply_subject.clone());
         message
             .correlation_id
             .get_or_insert_with(eventforge_core::new_id);
         let topic = message.topic.clone();
-        let request = async_nats::Request::new()
-            .payload(message.to_json()?.into())
-            .inbox(inbox)
-            .timeout(Some(timeout));
-        match client.send_request(topic.clone(), request).await {
-            Ok(reply) => Message::from_json(&reply.payload).map(Arc::new),
-            Err(error) => Err(match error.kind() {
-                RequestErrorKind::NoResponders => {
-                    tracing::debug!(topic = %topic, message_id = %message.id, "nats request has no responders");
-                    Error::NoResponders { topic }
-                }
-                RequestErrorKind::TimedOut => Error::Timeout {
+        let payload = message.to_json()?;
+        shared
+            .client
+            .publish_with_reply(topic.clone(), reply_subject, payload.into())
+            .await
+            .map_err(|e| Error::transport(NAME, e))?;
+        let reply = match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return Err(Error::Closed(NAME)),
+            Err(_) => {
+                return Err(Error::Timeout {
                     waiting_for: format!("a reply to {topic} (message {})", message.id),
                     timeout,
-                },
-                RequestErrorKind::Other => Error::transport(NAME, error),
-            }),
+                })
+            }
+        };
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            tracing::debug!(topic = %topic, message_id = %message.id, "nats request has no responders");
+            return Err(Error::NoResponders { topic });
         }
+        Message::from_json(&reply.payload).map(Arc::new)
     }
 }
 
@@ -648,6 +713,21 @@ async fn probe_loop(shared: Arc<Shared>, mut probes: async_nats::Subscriber) {
             _ = &mut stopped => return,
             probe = probes.next() => match probe {
                 Some(probe) => shared.sync.arrived(&probe),
+                None => return,
+            },
+        }
+    }
+}
+
+async fn reply_loop(shared: Arc<Shared>, mut replies: async_nats::Subscriber) {
+    let stopped = shared.shutdown.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stopped => return,
+            reply = replies.next() => match reply {
+                Some(reply) => shared.replies.arrived(reply),
                 None => return,
             },
         }
