@@ -9,6 +9,7 @@
 //! publishing (a writer task sends queued messages as pipelined batches) and
 //! one for subscriptions, re-established with capped backoff when lost.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use eventforge_core::{
     await_reply, prepare_request, Capabilities, Error, Message, OverflowPolicy, Pattern, Result,
-    Segment, Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
+    Segment, Subscription, SubscriptionId, Transport, DEFAULT_BUFFER, REPLY_PREFIX,
 };
 use futures::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
@@ -145,7 +146,9 @@ impl RedisTransportBuilder {
         let client = redis::Client::open(self.url.as_str()).map_err(|e| transport_error(&e))?;
         let timeout = self.command_timeout;
         let publisher = within(timeout, client.get_multiplexed_async_connection()).await?;
-        let (sink, stream) = within(timeout, client.get_async_pubsub()).await?.split();
+        let (mut sink, stream) = within(timeout, client.get_async_pubsub()).await?.split();
+        let replies = Replies::new();
+        within(timeout, sink.psubscribe(&replies.pattern)).await?;
         let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
         let (released, released_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -155,6 +158,8 @@ impl RedisTransportBuilder {
             counters: Counters::default(),
             reconnections: watch::Sender::new(0),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            replies,
+            publisher_stale: AtomicBool::new(false),
             options: self,
         });
         let writer = tokio::spawn(write_loop(Arc::clone(&shared), publisher, queue));
@@ -219,7 +224,71 @@ struct Shared {
     reconnections: watch::Sender<u64>,
     // Ends the background tasks.
     shutdown: tokio_util::sync::CancellationToken,
+    // Where replies to this transport's requests arrive.
+    replies: Replies,
+    // Set when the subscription connection is lost: the publishing
+    // connection to the same server is then most likely dead too, and is
+    // replaced before the next batch instead of failing it.
+    publisher_stale: AtomicBool,
     options: RedisTransportBuilder,
+}
+
+/// Replies to this transport's requests, on one pattern subscription made
+/// at connect, so a request costs no PSUBSCRIBE/PUNSUBSCRIBE of its own.
+///
+/// Reply topics stay `_reply.<uuid4>` as the protocol has them: the uuid's
+/// first group is fixed per transport (the rest is random), and the
+/// transport subscribes to `_reply.<first group>-*`.
+#[derive(Debug)]
+struct Replies {
+    // `_reply.<first group>-`: every reply topic of this transport starts so.
+    prefix: String,
+    // The Redis pattern covering them.
+    pattern: String,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>,
+}
+
+impl Replies {
+    fn new() -> Self {
+        let id = eventforge_core::new_id();
+        let first_group = id.split('-').next().unwrap_or_default();
+        let prefix = format!("{REPLY_PREFIX}{first_group}-");
+        Replies {
+            pattern: format!("{prefix}*"),
+            prefix,
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fresh reply topic: `_reply.` and a uuid v4 whose first group is ours.
+    fn topic(&self) -> String {
+        let id = eventforge_core::new_id();
+        let rest = id.split_once('-').map(|(_, rest)| rest).unwrap_or_default();
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<u8>>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a reply to its request; a late or second reply finds nobody.
+    fn arrived(&self, channel: &str, payload: &[u8]) {
+        if let Some(waiter) = self.waiting().remove(channel) {
+            let _ = waiter.send(payload.to_vec());
+        }
+    }
+}
+
+/// Forgets a request's reply topic however the request ends.
+struct PendingReply<'a> {
+    replies: &'a Replies,
+    topic: String,
+}
+
+impl Drop for PendingReply<'_> {
+    fn drop(&mut self) {
+        self.replies.waiting().remove(&self.topic);
+    }
 }
 
 #[derive(Debug)]
@@ -361,8 +430,36 @@ impl Transport for RedisTransport {
         release(&self.shared, id).await
     }
 
-    async fn request(&self, message: Message, timeout: Duration) -> Result<Arc<Message>> {
+    async fn request(&self, mut message: Message, timeout: Duration) -> Result<Arc<Message>> {
         self.check_open()?;
+        if message.reply_to.is_none() {
+            let replies = &self.shared.replies;
+            let reply_to = replies.topic();
+            let (arrived, reply) = oneshot::channel();
+            replies.waiting().insert(reply_to.clone(), arrived);
+            let _pending = PendingReply {
+                replies,
+                topic: reply_to.clone(),
+            };
+            message.reply_to = Some(reply_to);
+            message
+                .correlation_id
+                .get_or_insert_with(eventforge_core::new_id);
+            let (topic, id) = (message.topic.clone(), message.id.clone());
+            if self.publish(message).await? == 0 {
+                tracing::debug!(topic = %topic, message_id = %id, "redis request has no responders");
+                return Err(Error::NoResponders { topic });
+            }
+            return match tokio::time::timeout(timeout, reply).await {
+                Ok(Ok(payload)) => Message::from_json(&payload).map(Arc::new),
+                Ok(Err(_)) => Err(Error::Closed(NAME)),
+                Err(_) => Err(Error::Timeout {
+                    waiting_for: format!("a reply to {topic} (message {id})"),
+                    timeout,
+                }),
+            };
+        }
+        // The caller chose where the reply goes: subscribe there first.
         let (message, correlation_id) = prepare_request(message);
         let reply_to = message.reply_to.clone().unwrap_or_default();
         // Subscribed (and confirmed) before sending, so a fast reply is not missed.
@@ -445,6 +542,9 @@ async fn write_loop(
         };
         if received == 0 {
             return;
+        }
+        if shared.publisher_stale.swap(false, Ordering::AcqRel) && connection.take().is_some() {
+            next_attempt = Instant::now();
         }
         if connection.is_none() && Instant::now() >= next_attempt {
             match within(
@@ -550,6 +650,12 @@ async fn deliver(shared: &Shared, message: redis::Msg) {
     let Ok(pattern) = message.get_pattern::<String>() else {
         return;
     };
+    if pattern == shared.replies.pattern {
+        shared
+            .replies
+            .arrived(message.get_channel_name(), message.get_payload_bytes());
+        return;
+    }
     let Some(router) = shared.subscriptions.router(&pattern) else {
         // A pattern being unsubscribed: nobody local wants it any more.
         return;
@@ -580,6 +686,7 @@ async fn deliver(shared: &Shared, message: redis::Msg) {
 async fn reconnect(shared: &Shared) -> Option<PubSubStream> {
     let lost_at = Instant::now();
     shared.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+    shared.publisher_stale.store(true, Ordering::Release);
     tracing::warn!(
         patterns = shared.subscriptions.len(),
         "redis subscription connection lost; messages published until it is back are missed"
@@ -622,10 +729,9 @@ async fn resubscribe(shared: &Shared) -> Result<PubSubStream> {
         .await?
         .split();
     let mut control = shared.control.lock().await;
-    let patterns = shared.subscriptions.keys();
-    if !patterns.is_empty() {
-        within(timeout, sink.psubscribe(&patterns)).await?;
-    }
+    let mut patterns = shared.subscriptions.keys();
+    patterns.push(shared.replies.pattern.clone());
+    within(timeout, sink.psubscribe(&patterns)).await?;
     control.sink = Some(sink);
     Ok(stream)
 }

@@ -41,6 +41,23 @@ async fn send_after_restart(publisher: &dyn Transport, message: Message) {
     panic!("publisher never recovered: {last:?}");
 }
 
+/// A request from `requester` answered through `responder` works.
+async fn request_round_trip(requester: &dyn Transport, responder: &dyn Transport) {
+    let mut requests = responder
+        .subscribe(Pattern::parse("restart.rpc").unwrap())
+        .await
+        .unwrap();
+    let asked = requester.request(Message::new("restart.rpc", 3).unwrap(), PATIENCE);
+    let answer = async {
+        let request = next(&mut requests).await;
+        let mut reply = Message::new(request.reply_to.clone().unwrap(), 6).unwrap();
+        reply.correlation_id = request.correlation_id.clone();
+        responder.send(reply).await.unwrap();
+    };
+    let (reply, ()) = tokio::join!(asked, answer);
+    assert_eq!(reply.unwrap().payload, 6);
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_subscription_delivers_again_after_a_broker_restart() {
@@ -75,6 +92,9 @@ async fn redis_subscription_delivers_again_after_a_broker_restart() {
         (after.topic.as_str(), &after.payload),
         ("restart.after", &2.into())
     );
+
+    // Requests work again too: their reply subscription was re-made.
+    request_round_trip(&subscriber, &publisher).await;
 
     let stats = subscriber.stats();
     assert_eq!(stats.disconnects, 1, "the gap is counted");
@@ -128,6 +148,8 @@ async fn nats_subscription_delivers_again_after_a_broker_restart() {
         (after.topic.as_str(), &after.payload),
         ("restart.after", &2.into())
     );
+
+    request_round_trip(&subscriber, &publisher).await;
 
     let stats = subscriber.stats();
     assert!(stats.disconnects >= 1, "the gap is counted: {stats:?}");

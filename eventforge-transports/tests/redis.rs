@@ -127,6 +127,12 @@ async fn a_python_style_responder_answers_a_request() {
         let mut stream = pubsub.on_message();
         let raw = stream.next().await.unwrap();
         let request: serde_json::Value = serde_json::from_slice(raw.get_payload_bytes()).unwrap();
+        // The protocol's reply topic: `_reply.` and a canonical uuid v4.
+        let reply_to = request["reply_to"].as_str().unwrap();
+        let uuid = reply_to.strip_prefix("_reply.").unwrap();
+        let groups: Vec<usize> = uuid.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{reply_to}");
+        assert_eq!(uuid.as_bytes()[14], b'4', "version 4: {reply_to}");
         let reply = serde_json::json!({
             "id": eventforge_core::new_id(),
             "topic": request["reply_to"],
