@@ -5,7 +5,7 @@
 //! Messages travel as the protocol's JSON. Patterns map to subjects: `*`
 //! stays `*`, a trailing `**` becomes `>`, and a non-trailing `**` subscribes
 //! to the broader `>` from that point, the exact match being done on receipt
-//! by a [`Router`](eventforge_core::Router). Requests use NATS request/reply,
+//! by a [`Router`]. Requests use NATS request/reply,
 //! so a request nobody listens to fails at once with
 //! [`Error::NoResponders`].
 
@@ -328,10 +328,17 @@ impl EventSink {
 /// ```
 ///
 /// `subscribe` returns once the server has processed the subscription (a
-/// flush after it). Each distinct subject is subscribed once however many
+/// probe sent after it came back). Each distinct subject is subscribed once however many
 /// local subscriptions map to it, and each local subscription receives a
 /// message once even when patterns overlap. Publishing never flushes: the
 /// client batches writes, and messages from one publisher keep their order.
+///
+/// The client reconnects by itself (capped backoff, see
+/// [`reconnect_backoff`](NatsTransportBuilder::reconnect_backoff)) and
+/// re-subscribes; the gap is reported as a `tracing` warning and in
+/// [`NatsStats::disconnects`] / [`NatsStats::reconnects`]. Competing
+/// consumers across processes use
+/// [`subscribe_in_group`](NatsTransport::subscribe_in_group).
 #[derive(Debug)]
 pub struct NatsTransport {
     shared: Arc<Shared>,

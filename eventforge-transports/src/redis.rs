@@ -195,7 +195,16 @@ impl RedisTransportBuilder {
 /// pattern is subscribed once however many local subscriptions map to it,
 /// and each local subscription receives a message once even when patterns
 /// overlap. `request` fails at once with [`Error::NoResponders`] when
-/// nobody is subscribed to the request topic (`PUBLISH` answered 0).
+/// nobody is subscribed to the request topic (`PUBLISH` answered 0); a
+/// Redis pattern that matches the topic only before local filtering (`a.*`
+/// for a subscriber of `a.*` seeing `a.b.c`) counts as a listener, and such
+/// a request waits for its timeout instead.
+///
+/// Redis does not buffer for a subscriber: what is published while the
+/// subscription connection is down is missed. The transport reconnects with
+/// capped backoff, re-subscribes every pattern, and reports the gap as a
+/// `tracing` warning and in [`RedisStats::disconnects`] /
+/// [`RedisStats::reconnects`].
 #[derive(Debug)]
 pub struct RedisTransport {
     shared: Arc<Shared>,
