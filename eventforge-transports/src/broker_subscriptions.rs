@@ -65,6 +65,7 @@ impl<K: Clone + Eq + Hash> BrokerSubscriptions<K> {
     }
 
     /// The router fed by broker subscription `key`, if it exists.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn router(&self, key: &K) -> Option<Arc<Router>> {
         self.lock().routers.get(key).cloned()
     }
@@ -109,6 +110,7 @@ impl<K: Clone + Eq + Hash> BrokerSubscriptions<K> {
     }
 
     /// Every broker subscription currently needed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn keys(&self) -> Vec<K> {
         self.lock().routers.keys().cloned().collect()
     }
