@@ -42,7 +42,7 @@ pub use message::{new_id, Headers, Message};
 pub use queue::{HandlerId, MessageQueue, QueueStats};
 pub use router::{AwaitedReplyGuard, OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
 pub use subscription::{Subscription, SubscriptionId};
-pub use topic::{validate_topic, IntoPattern, Pattern, PatternTrie, Segment};
+pub use topic::{validate_topic, IntoPattern, Pattern, PatternTrie, Segment, MATCH_TABLE};
 pub use transport::{await_reply, prepare_request, Capabilities, Transport, REPLY_PREFIX};
 pub mod executor;
 pub mod retry;

@@ -21,6 +21,11 @@ use crate::topic::{Pattern, PatternTrie};
 /// Default number of messages a subscription buffers before its policy applies.
 pub const DEFAULT_BUFFER: usize = 1024;
 
+// Subscription ids are unique in the process, not just per router: a network
+// transport may spread its subscriptions over several routers (one per broker
+// subscription) and still answer `unsubscribe(id)` without ambiguity.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// What happens when a subscription's buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -71,7 +76,6 @@ pub struct Router {
     // Named in errors and logs ("memory", "tcp", ...).
     transport: &'static str,
     table: RwLock<Table>,
-    next_id: AtomicU64,
     // Buffer size of each new subscription.
     capacity: usize,
     policy: OverflowPolicy,
@@ -115,7 +119,6 @@ impl Router {
         Arc::new_cyclic(|this| Router {
             transport,
             table: RwLock::default(),
-            next_id: AtomicU64::new(1),
             capacity: capacity.max(1),
             policy,
             closed: AtomicBool::new(false),
@@ -132,7 +135,7 @@ impl Router {
     ///
     /// Fails with [`Error::Closed`] once the router is closed.
     pub fn subscribe(&self, pattern: Pattern) -> Result<Subscription> {
-        let id = SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = SubscriptionId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let (sender, receiver) = mpsc::channel(self.capacity);
         {
             let mut table = self.write();

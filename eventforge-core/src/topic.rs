@@ -456,75 +456,80 @@ impl<T> Node<T> {
     }
 }
 
+/// The reference table of pattern matching: `(pattern, topic, matches)`.
+///
+/// Every transport must agree with it on the wire; the transport conformance
+/// suite replays it against each one.
+pub const MATCH_TABLE: &[(&str, &str, bool)] = &[
+    // literals
+    ("a.b.c", "a.b.c", true),
+    ("a.b.c", "a.b", false),
+    ("a.b", "a.b.c", false),
+    ("a.b.c", "a.b.cd", false),
+    ("a", "a", true),
+    // `*` at the start, middle, end
+    ("*.b.c", "a.b.c", true),
+    ("*.b.c", "b.c", false),
+    ("*.b.c", "x.y.b.c", false),
+    ("a.*.c", "a.b.c", true),
+    ("a.*.c", "a.c", false),
+    ("a.*.c", "a.b.b.c", false),
+    ("a.b.*", "a.b.c", true),
+    ("a.b.*", "a.b", false),
+    ("a.b.*", "a.b.c.d", false),
+    ("*", "a", true),
+    ("*", "a.b", false),
+    ("*.*", "a.b", true),
+    ("*.*", "a", false),
+    // `**` at the start, middle, end
+    ("**.c", "a.b.c", true),
+    ("**.c", "c", false),
+    ("**.c", "a.c", true),
+    ("**.c", "a.c.d", false),
+    ("a.**.c", "a.b.c", true),
+    ("a.**.c", "a.b.x.y.c", true),
+    ("a.**.c", "a.c", false),
+    ("a.**.c", "a.b.c.d", false),
+    ("a.**", "a.b", true),
+    ("a.**", "a.b.c.d", true),
+    ("a.**", "a", false),
+    ("a.**", "b.a.c", false),
+    ("**", "a", true),
+    ("**", "a.b.c", true),
+    // several `**`
+    ("**.**", "a", false),
+    ("**.**", "a.b", true),
+    ("**.**", "a.b.c.d", true),
+    ("a.**.b.**", "a.x.b.y", true),
+    ("a.**.b.**", "a.b.y", false),
+    ("a.**.b.**", "a.x.y.b.z.w", true),
+    ("a.**.b.**", "a.x.b", false),
+    ("**.b.**", "a.b.c", true),
+    ("**.b.**", "b.c", false),
+    ("**.b.**", "a.b.b.b.c", true),
+    // mixed
+    ("*.**", "a", false),
+    ("*.**", "a.b", true),
+    ("**.*", "a.b.c", true),
+    ("a.*.**.d", "a.b.c.d", true),
+    ("a.*.**.d", "a.b.d", false),
+    // near misses
+    ("orders.*", "order.x", false),
+    ("orders.*", "orders", false),
+    ("orders.created", "orders.created.v2", false),
+    ("dup.*", "dup.created", true),
+    (
+        "_reply.*",
+        "_reply.3c37c411-e906-42a9-9498-0db502224ca8",
+        true,
+    ),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// (pattern, topic, matches)
-    const TABLE: &[(&str, &str, bool)] = &[
-        // literals
-        ("a.b.c", "a.b.c", true),
-        ("a.b.c", "a.b", false),
-        ("a.b", "a.b.c", false),
-        ("a.b.c", "a.b.cd", false),
-        ("a", "a", true),
-        // `*` at the start, middle, end
-        ("*.b.c", "a.b.c", true),
-        ("*.b.c", "b.c", false),
-        ("*.b.c", "x.y.b.c", false),
-        ("a.*.c", "a.b.c", true),
-        ("a.*.c", "a.c", false),
-        ("a.*.c", "a.b.b.c", false),
-        ("a.b.*", "a.b.c", true),
-        ("a.b.*", "a.b", false),
-        ("a.b.*", "a.b.c.d", false),
-        ("*", "a", true),
-        ("*", "a.b", false),
-        ("*.*", "a.b", true),
-        ("*.*", "a", false),
-        // `**` at the start, middle, end
-        ("**.c", "a.b.c", true),
-        ("**.c", "c", false),
-        ("**.c", "a.c", true),
-        ("**.c", "a.c.d", false),
-        ("a.**.c", "a.b.c", true),
-        ("a.**.c", "a.b.x.y.c", true),
-        ("a.**.c", "a.c", false),
-        ("a.**.c", "a.b.c.d", false),
-        ("a.**", "a.b", true),
-        ("a.**", "a.b.c.d", true),
-        ("a.**", "a", false),
-        ("a.**", "b.a.c", false),
-        ("**", "a", true),
-        ("**", "a.b.c", true),
-        // several `**`
-        ("**.**", "a", false),
-        ("**.**", "a.b", true),
-        ("**.**", "a.b.c.d", true),
-        ("a.**.b.**", "a.x.b.y", true),
-        ("a.**.b.**", "a.b.y", false),
-        ("a.**.b.**", "a.x.y.b.z.w", true),
-        ("a.**.b.**", "a.x.b", false),
-        ("**.b.**", "a.b.c", true),
-        ("**.b.**", "b.c", false),
-        ("**.b.**", "a.b.b.b.c", true),
-        // mixed
-        ("*.**", "a", false),
-        ("*.**", "a.b", true),
-        ("**.*", "a.b.c", true),
-        ("a.*.**.d", "a.b.c.d", true),
-        ("a.*.**.d", "a.b.d", false),
-        // near misses
-        ("orders.*", "order.x", false),
-        ("orders.*", "orders", false),
-        ("orders.created", "orders.created.v2", false),
-        ("dup.*", "dup.created", true),
-        (
-            "_reply.*",
-            "_reply.3c37c411-e906-42a9-9498-0db502224ca8",
-            true,
-        ),
-    ];
+    const TABLE: &[(&str, &str, bool)] = MATCH_TABLE;
 
     #[test]
     fn pattern_matches_follow_the_table() {

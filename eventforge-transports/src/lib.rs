@@ -12,10 +12,18 @@
 //! `tcp::TcpClientTransport`, the frame codec `tcp::FrameCodec` and the
 //! push-only switchboard `tcp::RemoteQueue`.
 //!
-//! The redis and nats transports are not part of this release yet; their
-//! features exist so that code can already name them.
+//! Each broker transport (`redis::RedisTransport`, `nats::NatsTransport`)
+//! returns from `subscribe` only once the broker has confirmed the
+//! subscription, reconnects by itself, and reports the gap through
+//! `tracing` and its stats.
 
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod broker_subscriptions;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "tcp")]
 pub mod tcp;
