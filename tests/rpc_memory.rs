@@ -50,7 +50,7 @@ on_memory!(
     kwargs_bind_by_name_after_positional_args,
     request_without_reply_to_runs_and_sends_no_response,
     requests_run_concurrently_up_to_the_limit,
-    server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry,
+    worker_gone_mid_stream_loses_no_result_under_round_robin_with_retry,
     stop_answers_calls_in_flight_then_stops_listening,
 );
 

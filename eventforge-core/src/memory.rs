@@ -108,6 +108,7 @@ impl Transport for MemoryTransport {
             ordered_per_publisher: true,
             reports_no_responders: true,
             reconnects: false,
+            shared_broker: false,
         }
     }
 

@@ -29,6 +29,11 @@ pub struct Capabilities {
     pub reports_no_responders: bool,
     /// The transport re-establishes a lost connection by itself.
     pub reconnects: bool,
+    /// Messages pass through a broker shared with other processes, so a
+    /// wildcard subscription also receives their traffic (replies meant for
+    /// other processes included). RPC clients then subscribe to each call's
+    /// own reply topic instead of one shared reply pattern.
+    pub shared_broker: bool,
 }
 
 /// Moves messages between publishers and subscriptions.

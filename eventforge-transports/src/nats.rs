@@ -559,6 +559,59 @@ impl NatsTransport {
     }
 }
 
+impl NatsTransport {
+    /// A request whose caller chose the reply topic (an RPC client uses
+    /// `_rpc_reply.<request id>`, as the protocol writes it): the reply
+    /// subject is subscribed on the connection before the request is
+    /// published with it as NATS reply subject, so the server's "no
+    /// responders" status arrives there too, and a Python responder that
+    /// publishes to `reply_to` is heard.
+    async fn request_on_own_subject(
+        &self,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<Arc<Message>> {
+        let (message, correlation_id) = eventforge_core::prepare_request(message);
+        let reply_to = message.reply_to.clone().unwrap_or_default();
+        Pattern::exact(&reply_to)?;
+        let client = &self.shared.client;
+        let mut replies = client
+            .subscribe(reply_to.clone())
+            .await
+            .map_err(|e| Error::transport(NAME, e))?;
+        let topic = message.topic.clone();
+        let payload = message.to_json()?;
+        client
+            .publish_with_reply(topic.clone(), reply_to.clone(), payload.into())
+            .await
+            .map_err(|e| Error::transport(NAME, e))?;
+        let wait = async {
+            while let Some(reply) = replies.next().await {
+                if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    return Err(Error::NoResponders {
+                        topic: topic.clone(),
+                    });
+                }
+                let reply = Message::from_json(&reply.payload)?;
+                match reply.correlation_id.as_deref() {
+                    Some(id) if id != correlation_id => {
+                        tracing::debug!(topic = %reply_to, expected = %correlation_id, got = id, "skipping a reply for another request");
+                    }
+                    _ => return Ok(Arc::new(reply)),
+                }
+            }
+            Err(Error::Closed(NAME))
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                waiting_for: format!("a reply on {reply_to}"),
+                timeout,
+            }),
+        }
+    }
+}
+
 #[async_trait]
 impl Transport for NatsTransport {
     fn name(&self) -> &'static str {
@@ -571,6 +624,7 @@ impl Transport for NatsTransport {
         capabilities.ordered_per_publisher = true;
         capabilities.reports_no_responders = true;
         capabilities.reconnects = true;
+        capabilities.shared_broker = true;
         capabilities
     }
 
@@ -612,12 +666,7 @@ impl Transport for NatsTransport {
     async fn request(&self, message: Message, timeout: Duration) -> Result<Arc<Message>> {
         self.check_open()?;
         if message.reply_to.is_some() {
-            // The caller chose where the reply goes: wait there, the generic way.
-            let (message, correlation_id) = eventforge_core::prepare_request(message);
-            let reply_to = message.reply_to.clone().unwrap_or_default();
-            let subscription = self.subscribe(Pattern::parse(&reply_to)?).await?;
-            self.send(message).await?;
-            return eventforge_core::await_reply(subscription, &correlation_id, timeout).await;
+            return self.request_on_own_subject(message, timeout).await;
         }
         self.native_request(message, timeout).await
     }

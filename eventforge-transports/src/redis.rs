@@ -397,6 +397,7 @@ impl Transport for RedisTransport {
         capabilities.ordered_per_publisher = true;
         capabilities.reports_no_responders = true;
         capabilities.reconnects = true;
+        capabilities.shared_broker = true;
         capabilities
     }
 

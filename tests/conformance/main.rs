@@ -55,3 +55,32 @@ async fn nats_transport() -> Arc<dyn eventforge::Transport> {
 conformance_suite!(nats, || async {
     Peers::pair(nats_transport().await, nats_transport().await)
 });
+
+#[cfg(feature = "tcp")]
+async fn tcp_link() -> (
+    Arc<dyn eventforge::Transport>,
+    Arc<dyn eventforge::Transport>,
+) {
+    use eventforge::transports::tcp::{TcpClientTransport, TcpServerTransport};
+    let server = TcpServerTransport::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let client = TcpClientTransport::connect(server.local_addr())
+        .await
+        .expect("connect to the server just bound");
+    (Arc::new(client), Arc::new(server))
+}
+
+// A TCP link is point to point: what the client publishes reaches the
+// server's subscribers and the other way round, so both directions run.
+#[cfg(feature = "tcp")]
+conformance_suite!(tcp_client_to_server, || async {
+    let (client, server) = tcp_link().await;
+    Peers::pair(client, server)
+});
+
+#[cfg(feature = "tcp")]
+conformance_suite!(tcp_server_to_client, || async {
+    let (client, server) = tcp_link().await;
+    Peers::pair(server, client)
+});

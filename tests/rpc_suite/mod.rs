@@ -119,7 +119,15 @@ pub async fn call_to_absent_server_fails_within_its_timeout(t: Target) {
     if reports {
         assert!(matches!(error, RpcError::NoResponders { .. }), "{error:?}");
     } else {
-        assert!(matches!(error, RpcError::Timeout { .. }), "{error:?}");
+        // Transports that cannot always tell (a TCP server knows only once
+        // every client has declared its subscriptions) may still know.
+        assert!(
+            matches!(
+                error,
+                RpcError::Timeout { .. } | RpcError::NoResponders { .. }
+            ),
+            "{error:?}"
+        );
     }
 }
 
@@ -336,14 +344,16 @@ pub async fn requests_run_concurrently_up_to_the_limit(t: Target) {
     server.stop().await;
 }
 
-pub async fn server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(t: Target) {
+pub async fn worker_gone_mid_stream_loses_no_result_under_round_robin_with_retry(t: Target) {
     const WORKERS: usize = 3;
     const CALLERS: i64 = 8;
     const CALLS_EACH: i64 = 60;
     let mut servers = Vec::new();
+    let mut links = Vec::new();
     let mut clients = Vec::new();
     for n in 0..WORKERS {
         let (server_side, client_side) = (t.make)().await;
+        links.push(Arc::clone(&server_side));
         let service = unique_service(&format!("pool{n}"));
         servers.push(math_server(server_side, &service).await);
         clients.push(
@@ -375,12 +385,14 @@ pub async fn server_stopped_mid_stream_loses_no_result_under_round_robin_with_re
             })
         })
         .collect();
-    // Stop one worker once a quarter of the calls are through.
+    // One worker goes away once a quarter of the calls are through, as a
+    // process that exits: it stops serving, then its link closes.
     for _ in 0..(CALLERS * CALLS_EACH / 4) {
         done_rx.recv().await.unwrap();
     }
     servers[1].stop().await;
     let served_before_stop = servers[1].stats().succeeded;
+    links[1].close().await.expect("close the worker's link");
     let mut answered = 0;
     for caller in callers {
         for (expected, result) in caller.await.unwrap() {
@@ -457,6 +469,6 @@ pub async fn run_all(t: Target) {
     kwargs_bind_by_name_after_positional_args(t).await;
     request_without_reply_to_runs_and_sends_no_response(t).await;
     requests_run_concurrently_up_to_the_limit(t).await;
-    server_stopped_mid_stream_loses_no_result_under_round_robin_with_retry(t).await;
+    worker_gone_mid_stream_loses_no_result_under_round_robin_with_retry(t).await;
     stop_answers_calls_in_flight_then_stops_listening(t).await;
 }

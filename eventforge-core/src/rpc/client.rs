@@ -277,11 +277,11 @@ impl RpcClient {
     /// A client of the default service `rpc` over `transport`.
     pub fn from_transport(transport: Arc<dyn Transport>) -> Self {
         RpcClient {
+            routing: ReplyRouting::for_transport(&*transport),
             transport,
             service: DEFAULT_SERVICE.into(),
             request_topic: request_topic(DEFAULT_SERVICE).into(),
             timeout: DEFAULT_TIMEOUT,
-            routing: ReplyRouting::default(),
             demux: Arc::default(),
         }
     }

@@ -19,6 +19,9 @@ use crate::transport::Transport;
 
 /// How an [`RpcClient`](super::RpcClient) receives its replies. Both are
 /// correct with any server, Python ones included; they differ in cost.
+///
+/// A client picks [`ReplyRouting::for_transport`] unless told otherwise:
+/// `Shared` on memory and TCP, `PerCall` on a shared broker (Redis, NATS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ReplyRouting {
@@ -34,6 +37,20 @@ pub enum ReplyRouting {
     /// each reply to its caller only, and transports with a native
     /// request/reply (NATS "no responders") use it.
     PerCall,
+}
+
+impl ReplyRouting {
+    /// The cheaper routing that keeps other processes' replies away:
+    /// `PerCall` when the transport is a broker shared with other processes
+    /// ([`Capabilities::shared_broker`](crate::Capabilities::shared_broker)),
+    /// `Shared` otherwise.
+    pub fn for_transport(transport: &dyn Transport) -> Self {
+        if transport.capabilities().shared_broker {
+            ReplyRouting::PerCall
+        } else {
+            ReplyRouting::Shared
+        }
+    }
 }
 
 type Waiters = Mutex<HashMap<String, oneshot::Sender<Arc<Message>>>>;

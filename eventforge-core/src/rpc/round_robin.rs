@@ -180,7 +180,16 @@ impl<C: RpcCaller> RpcCaller for RoundRobinRpcClient<C> {
         let Some(member) = self.inner.pick() else {
             return Err(RpcError::Closed);
         };
-        let result = member.caller.invoke(call).await;
+        let method = call.method.clone();
+        let result = match member.caller.invoke(call).await {
+            // One member's closed link is not the pool's: report it as a
+            // transport failure, which a retry policy sends to the next member.
+            Err(RpcError::Closed) => Err(RpcError::Transport {
+                method,
+                source: crate::Error::Closed("rpc pool member"),
+            }),
+            other => other,
+        };
         let mut down_since = lock(&member.down_since);
         match &result {
             Err(error) if error.is_unreachable() => {

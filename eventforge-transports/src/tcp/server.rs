@@ -719,6 +719,26 @@ impl Transport for TcpServerTransport {
         capabilities
     }
 
+    /// Known only when every connected client has declared what it wants
+    /// (a v1 peer that never declares may listen to anything): then true
+    /// when a local subscriber or a client wants `topic`. Lets an RPC call
+    /// to a service whose worker went away fail at once.
+    fn has_subscribers(&self, topic: &str) -> Option<bool> {
+        if self.shared.router.has_subscribers(topic) {
+            return Some(true);
+        }
+        let mut undeclared = false;
+        for client in read_lock(&self.shared.clients).values() {
+            let filter = read_lock(&client.filter);
+            if !filter.declared {
+                undeclared = true;
+            } else if filter.wants(topic) {
+                return Some(true);
+            }
+        }
+        (!undeclared).then_some(false)
+    }
+
     /// Sends `message` to the clients (the requester only, for a reply;
     /// otherwise every client that wants its topic), and delivers it to
     /// local subscribers.
