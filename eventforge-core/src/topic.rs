@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::{FromStr, Split};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -109,7 +109,7 @@ impl Pattern {
 
     /// True when `topic` matches this pattern.
     pub fn matches(&self, topic: &str) -> bool {
-        fn go(pattern: &[Segment], mut topic: Split<'_, char>) -> bool {
+        fn go(pattern: &[Segment], mut topic: Segments<'_>) -> bool {
             let Some((first, rest)) = pattern.split_first() else {
                 return topic.next().is_none();
             };
@@ -129,7 +129,7 @@ impl Pattern {
                 },
             }
         }
-        go(&self.segments, topic.split('.'))
+        go(&self.segments, segments(topic))
     }
 }
 
@@ -209,6 +209,37 @@ impl IntoPattern for &String {
     }
 }
 
+/// The `.`-separated segments of a topic, empty ones included.
+///
+/// Topics are short: a plain byte scan beats `str::split`, whose generic
+/// searcher costs more than the rest of a trie lookup.
+fn segments(topic: &str) -> Segments<'_> {
+    Segments { rest: Some(topic) }
+}
+
+#[derive(Clone)]
+struct Segments<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|b| b == b'.') {
+            Some(dot) => {
+                self.rest = Some(&rest[dot + 1..]);
+                Some(&rest[..dot])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
 /// Checks that `topic` can be published on: not empty, no empty segment, no wildcard.
 pub fn validate_topic(topic: &str) -> Result<()> {
     let invalid = |reason| {
@@ -220,7 +251,7 @@ pub fn validate_topic(topic: &str) -> Result<()> {
     if topic.is_empty() {
         return invalid("a topic cannot be empty");
     }
-    for segment in topic.split('.') {
+    for segment in segments(topic) {
         if segment.is_empty() {
             return invalid("empty segment (two dots in a row, or a leading or trailing dot)");
         }
@@ -252,6 +283,9 @@ pub fn validate_topic(topic: &str) -> Result<()> {
 /// assert_eq!(found, [1, 2]);
 /// # Ok::<(), eventforge_core::Error>(())
 /// ```
+/// Topics with up to this many segments are matched without allocating.
+const INLINE_SEGMENTS: usize = 16;
+
 #[derive(Debug)]
 pub struct PatternTrie<T> {
     root: Node<T>,
@@ -376,7 +410,28 @@ impl<T> PatternTrie<T> {
     /// Calls `visit` once for every value whose pattern matches `topic`.
     pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(&T)) {
         let mut seen: Vec<*const Node<T>> = Vec::new();
-        self.root.walk(topic.split('.'), &mut visit, &mut seen);
+        // Split once: the walk branches, and re-splitting on every branch
+        // cost more than the lookups themselves.
+        let mut inline = [""; INLINE_SEGMENTS];
+        let mut count = 0;
+        let mut spilled = Vec::new();
+        for segment in segments(topic) {
+            if count < INLINE_SEGMENTS {
+                inline[count] = segment;
+            } else {
+                if spilled.is_empty() {
+                    spilled.extend_from_slice(&inline);
+                }
+                spilled.push(segment);
+            }
+            count += 1;
+        }
+        let segments = if spilled.is_empty() {
+            &inline[..count]
+        } else {
+            &spilled[..]
+        };
+        self.root.walk(segments, &mut visit, &mut seen);
     }
 
     /// Calls `visit` for every stored value.
@@ -417,13 +472,8 @@ impl<T> PatternTrie<T> {
 }
 
 impl<T> Node<T> {
-    fn walk(
-        &self,
-        mut topic: Split<'_, char>,
-        visit: &mut impl FnMut(&T),
-        seen: &mut Vec<*const Node<T>>,
-    ) {
-        let Some(segment) = topic.next() else {
+    fn walk(&self, topic: &[&str], visit: &mut impl FnMut(&T), seen: &mut Vec<*const Node<T>>) {
+        let Some((segment, rest)) = topic.split_first() else {
             if self.values.is_empty() {
                 return;
             }
@@ -437,20 +487,20 @@ impl<T> Node<T> {
             self.values.iter().for_each(visit);
             return;
         };
-        if let Some(child) = self.literal.get(segment) {
-            child.walk(topic.clone(), visit, seen);
+        if !self.literal.is_empty() {
+            if let Some(child) = self.literal.get(*segment) {
+                child.walk(rest, visit, seen);
+            }
         }
         if let Some(child) = &self.star {
             if !segment.is_empty() {
-                child.walk(topic.clone(), visit, seen);
+                child.walk(rest, visit, seen);
             }
         }
         if let Some(child) = &self.double_star {
-            loop {
-                child.walk(topic.clone(), visit, seen);
-                if topic.next().is_none() {
-                    break;
-                }
+            // `**` takes one segment, then as many more as the rest allows.
+            for taken in 1..=topic.len() {
+                child.walk(&topic[taken..], visit, seen);
             }
         }
     }
