@@ -387,7 +387,12 @@ impl Task {
         let args = args
             .into_args()
             .map_err(|e| HandlerError::new(TYPE_ERROR, format!("arguments are not JSON: {e}")))?;
-        let shown = Value::Array(args.clone());
+        // Only observers read the arguments back: skip the copy without them.
+        let shown = if self.inner.observers.is_empty() {
+            Value::Null
+        } else {
+            Value::Array(args.clone())
+        };
         self.run(Invocation {
             args,
             kwargs: Map::new(),
@@ -436,7 +441,7 @@ impl Task {
             shown,
             message,
         } = invocation;
-        let ctx = TaskContext::new(
+        let mut ctx = TaskContext::new(
             new_id(),
             Arc::clone(&inner.name),
             Arc::clone(&inner.topic),
@@ -447,7 +452,11 @@ impl Task {
         self.notify(Hook::Start, &ctx);
 
         let slot = match &inner.pool {
-            Some(pool) => match pool.acquire(inner.instance_timeout).await {
+            // Waiting is boxed: its timer would bloat every call's future.
+            Some(pool) => match match pool.try_acquire() {
+                Some(slot) => Some(slot),
+                None => Box::pin(pool.acquire(inner.instance_timeout)).await,
+            } {
                 Some(slot) => Some(slot),
                 None => {
                     let waited = inner.instance_timeout.unwrap_or_default();
@@ -459,7 +468,7 @@ impl Task {
                             pool.stats().max
                         ),
                     );
-                    return self.finish(ctx, Err(error), None, None).await;
+                    return self.finish(&mut ctx, Err(error), None, None).await;
                 }
             },
             None => None,
@@ -470,7 +479,8 @@ impl Task {
             Ok((args, kwargs)) => {
                 let call = IncomingCall {
                     request: RpcRequest {
-                        id: ctx.task_id().to_owned(),
+                        // Handlers do not read the id; the task id is in the context.
+                        id: String::new(),
                         method: inner.name.to_string(),
                         args,
                         kwargs,
@@ -481,17 +491,18 @@ impl Task {
                 let measured = Measured::new(Arc::clone(&inner.function), call, inner.measures);
                 match &inner.executor {
                     None => measured.await,
-                    Some(executor) => run_on_executor(executor, measured).await,
+                    // Boxed: the executor path is rare and would bloat every call's future.
+                    Some(executor) => Box::pin(run_on_executor(executor, measured)).await,
                 }
             }
         };
         drop(slot);
-        self.finish(ctx, outcome, cpu, allocated).await
+        self.finish(&mut ctx, outcome, cpu, allocated).await
     }
 
     async fn finish(
         &self,
-        mut ctx: TaskContext,
+        ctx: &mut TaskContext,
         outcome: Outcome,
         cpu: Option<Duration>,
         allocated: Option<u64>,
@@ -500,14 +511,15 @@ impl Task {
         ctx.finish(outcome, cpu, allocated);
         if ctx.succeeded() {
             inner.successes.fetch_add(1, Ordering::Relaxed);
-            self.notify(Hook::Success, &ctx);
+            self.notify(Hook::Success, ctx);
         } else {
             inner.failures.fetch_add(1, Ordering::Relaxed);
-            self.notify(Hook::Failure, &ctx);
+            self.notify(Hook::Failure, ctx);
         }
-        self.notify(Hook::Complete, &ctx);
+        self.notify(Hook::Complete, ctx);
         if inner.publish_result {
-            self.publish(&ctx).await;
+            // Boxed for the same reason as the executor path.
+            Box::pin(self.publish(ctx)).await;
         }
         ctx.take_outcome()
     }

@@ -89,28 +89,32 @@ impl TaskPool {
         }
     }
 
+    /// A free instance now, if there is one.
+    pub(crate) fn try_acquire(&self) -> Option<PoolSlot> {
+        let permit = Arc::clone(&self.inner.instances).try_acquire_owned().ok()?;
+        Some(self.slot(permit))
+    }
+
     /// Waits for a free instance, at most `timeout` when one is given;
     /// `None` when the timeout passed first.
     pub(crate) async fn acquire(&self, timeout: Option<Duration>) -> Option<PoolSlot> {
         let pool = &self.inner;
-        let permit = match Arc::clone(&pool.instances).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                pool.queued.fetch_add(1, Ordering::Relaxed);
-                let _queued = Queued(&pool.queued);
-                let waiting = Arc::clone(&pool.instances).acquire_owned();
-                let acquired = match timeout {
-                    Some(timeout) => tokio::time::timeout(timeout, waiting).await.ok()?,
-                    None => waiting.await,
-                };
-                // The semaphore is never closed.
-                acquired.ok()?
-            }
+        pool.queued.fetch_add(1, Ordering::Relaxed);
+        let _queued = Queued(&pool.queued);
+        let waiting = Arc::clone(&pool.instances).acquire_owned();
+        let acquired = match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, waiting).await.ok()?,
+            None => waiting.await,
         };
-        pool.active.fetch_add(1, Ordering::Relaxed);
-        Some(PoolSlot {
-            pool: Arc::clone(pool),
+        // The semaphore is never closed.
+        Some(self.slot(acquired.ok()?))
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit) -> PoolSlot {
+        self.inner.active.fetch_add(1, Ordering::Relaxed);
+        PoolSlot {
+            pool: Arc::clone(&self.inner),
             _permit: permit,
-        })
+        }
     }
 }
