@@ -1,26 +1,27 @@
 //! `TaskContext`: what observers know about one call.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 
-use super::SharedState;
-use crate::message::Message;
+use super::{SharedState, TaskInner};
+use crate::message::{new_id, Message};
 use crate::rpc::{HandlerError, Outcome};
 
 /// One call of a task as its observers see it: ids, arguments, times,
 /// outcome, measurements, per-call metadata and the task's [`SharedState`].
-#[derive(Debug)]
 pub struct TaskContext {
-    task_id: String,
-    name: Arc<str>,
-    topic: Arc<str>,
+    // Made on first use: most observers never read it, and a UUID costs.
+    task_id: OnceLock<String>,
+    // The task: name, topic and state without copying them per call.
+    task: Arc<TaskInner>,
     // The arguments as given: an array (positional), an object (named) or
     // the single value of a payload.
     args: Value,
-    // Wall-clock start, for reports; `started` gives exact durations.
-    started_at: SystemTime,
+    // The wall-clock start is derived from this on demand: one clock read
+    // per call instead of two.
     started: Instant,
     // Set when the call is over, before `on_success`/`on_failure`.
     finished: Option<Instant>,
@@ -30,20 +31,25 @@ pub struct TaskContext {
     // Filled by observers and by the trigger (message id and headers);
     // locked because observers only get `&TaskContext`.
     metadata: Mutex<Map<String, Value>>,
-    state: SharedState,
     // The message that triggered the call, when it came from a queue or RPC.
     message: Option<Arc<Message>>,
 }
 
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("task_id", &self.task_id())
+            .field("name", &self.name())
+            .field("topic", &self.topic())
+            .field("args", &self.args)
+            .field("execution_time", &self.execution_time())
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TaskContext {
-    pub(crate) fn new(
-        task_id: String,
-        name: Arc<str>,
-        topic: Arc<str>,
-        args: Value,
-        state: SharedState,
-        message: Option<Arc<Message>>,
-    ) -> Self {
+    pub(crate) fn new(task: Arc<TaskInner>, args: Value, message: Option<Arc<Message>>) -> Self {
         let mut metadata = Map::new();
         if let Some(message) = &message {
             metadata.insert("message_id".to_owned(), message.id.clone().into());
@@ -52,18 +58,15 @@ impl TaskContext {
             }
         }
         TaskContext {
-            task_id,
-            name,
-            topic,
+            task_id: OnceLock::new(),
+            task,
             args,
-            started_at: SystemTime::now(),
             started: Instant::now(),
             finished: None,
             outcome: None,
             cpu_time: None,
             allocated_bytes: None,
             metadata: Mutex::new(metadata),
-            state,
             message,
         }
     }
@@ -88,17 +91,17 @@ impl TaskContext {
 
     /// This call's id (UUID v4), the `task_id` of published results.
     pub fn task_id(&self) -> &str {
-        &self.task_id
+        self.task_id.get_or_init(new_id)
     }
 
     /// The task's name (its function's name unless set otherwise).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.task.name
     }
 
     /// The task's topic.
     pub fn topic(&self) -> &str {
-        &self.topic
+        &self.task.topic
     }
 
     /// The arguments as JSON: an array of positional arguments, an object
@@ -109,13 +112,14 @@ impl TaskContext {
 
     /// When the call started, by the wall clock.
     pub fn started_at(&self) -> SystemTime {
-        self.started_at
+        let now = SystemTime::now();
+        now.checked_sub(self.started.elapsed()).unwrap_or(now)
     }
 
     /// When the call ended, by the wall clock; `None` while it runs.
     pub fn finished_at(&self) -> Option<SystemTime> {
         self.execution_time()
-            .map(|elapsed| self.started_at + elapsed)
+            .map(|elapsed| self.started_at() + elapsed)
     }
 
     /// How long the call took (waiting for an instance included); `None`
@@ -170,7 +174,7 @@ impl TaskContext {
 
     /// The task's shared state.
     pub fn state(&self) -> &SharedState {
-        &self.state
+        &self.task.state
     }
 
     /// The message that triggered the call (queue or RPC), if any.

@@ -30,7 +30,7 @@ pub use pool::{TaskPool, TaskPoolStats};
 pub use state::SharedState;
 
 use crate::executor::{Executor, TaskStatus};
-use crate::message::{new_id, Message};
+use crate::message::Message;
 use crate::observers::{notify, CallbackObserver, Hook, Measures, Observer};
 use crate::queue::MessageQueue;
 use crate::rpc::wire::TYPE_ERROR;
@@ -86,9 +86,9 @@ pub struct Task {
     inner: Arc<TaskInner>,
 }
 
-struct TaskInner {
-    name: Arc<str>,
-    topic: Arc<str>,
+pub(crate) struct TaskInner {
+    pub(crate) name: Arc<str>,
+    pub(crate) topic: Arc<str>,
     // Parameter names in order, when known: object payloads bind by name.
     params: Option<Vec<String>>,
     function: TaskFunction,
@@ -101,7 +101,7 @@ struct TaskInner {
     failure_topic: String,
     pool: Option<TaskPool>,
     instance_timeout: Option<Duration>,
-    state: SharedState,
+    pub(crate) state: SharedState,
     // The queue results are published on: the first one the task is bound to.
     queue: OnceLock<MessageQueue>,
     calls: AtomicU64,
@@ -441,14 +441,7 @@ impl Task {
             shown,
             message,
         } = invocation;
-        let mut ctx = TaskContext::new(
-            new_id(),
-            Arc::clone(&inner.name),
-            Arc::clone(&inner.topic),
-            shown,
-            inner.state.clone(),
-            message.clone(),
-        );
+        let mut ctx = TaskContext::new(Arc::clone(&self.inner), shown, message.clone());
         self.notify(Hook::Start, &ctx);
 
         let slot = match &inner.pool {
