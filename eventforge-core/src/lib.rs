@@ -62,4 +62,5 @@ pub use observers::{
     CallbackObserver, CountingAllocator, CpuMeter, MemoryMeter, Meter, MeterStats, MetricsMeter,
     Observer, Reduction, Summary, SummaryStats, TimingMeter, TracingReporter,
 };
+pub use task::{DispatchStrategy, Dispatcher, Node, NodeOutcome};
 pub use task::{SharedState, Task, TaskBuilder, TaskContext, TaskPool, TaskPoolStats, TaskStats};

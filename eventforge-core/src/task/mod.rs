@@ -13,6 +13,7 @@
 
 mod binding;
 mod context;
+mod dispatch;
 mod measured;
 mod pool;
 mod state;
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 pub use context::TaskContext;
+pub use dispatch::{DispatchStrategy, Dispatcher, Node, NodeOutcome, Reservation, NO_CAPACITY};
 pub use pool::{TaskPool, TaskPoolStats};
 pub use state::SharedState;
 
