@@ -135,12 +135,14 @@ async fn max_instances_bounds_calls_in_flight_under_contention() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_call_waiting_past_instance_timeout_fails_with_timeout_error() {
     let gate = Arc::new(Semaphore::new(0));
+    let (started, mut started_rx) = mpsc::unbounded_channel::<()>();
     let recorder = Recorder::default();
     let task = {
         let gate = gate.clone();
         Task::builder("slow", move || {
-            let gate = gate.clone();
+            let (gate, started) = (gate.clone(), started.clone());
             async move {
+                started.send(()).unwrap();
                 gate.acquire().await.unwrap().forget();
                 Ok::<_, HandlerError>(())
             }
@@ -154,7 +156,8 @@ async fn a_call_waiting_past_instance_timeout_fails_with_timeout_error() {
         let task = task.clone();
         async move { task.call(()).await }
     });
-    tokio::task::yield_now().await;
+    // The first call holds the only instance until the gate opens.
+    started_rx.recv().await.unwrap();
     let error = task.call(()).await.unwrap_err();
     assert_eq!(error.error_type(), "TimeoutError");
     let hooks: Vec<_> = recorder.take().into_iter().map(|(hook, _)| hook).collect();
@@ -525,4 +528,31 @@ async fn calls_share_the_task_state() {
     assert_eq!(task.call(()).await.unwrap(), 2);
     assert_eq!(task.state().get("calls"), Some(2.into()));
     assert_eq!(task.stats().observer_panics, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_call_that_does_not_fit_is_a_type_error_seen_by_the_observers() {
+    let queue = MessageQueue::memory();
+    let service = unique("svc");
+    let recorder = Recorder::default();
+    let task = Task::builder("sum", |a: i64, b: i64| Ok::<_, HandlerError>(a + b))
+        .params(["a", "b"])
+        .observer(recorder.clone())
+        .build();
+    let server = RpcServer::new(queue.clone()).service(service.clone());
+    task.serve_on(&server);
+    server.serve().await.unwrap();
+    let client = RpcClient::new(queue.clone()).service(service);
+    let error = client
+        .method("sum")
+        .kwarg("a", 1)
+        .kwarg("c", 2)
+        .call::<i64>()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("TypeError"), "{error}");
+    let hooks: Vec<_> = recorder.take().into_iter().map(|(hook, _)| hook).collect();
+    assert_eq!(hooks, ["start", "failure", "complete"]);
+    server.stop().await;
+    queue.close().await.unwrap();
 }
