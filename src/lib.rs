@@ -37,7 +37,27 @@ pub use eventforge_core::*;
 /// Network transports (TCP, Redis, NATS), each behind its cargo feature.
 pub use eventforge_transports as transports;
 
-/// Procedural macros.
+/// Procedural macros: `#[task]` turns a function into a
+/// [`Task`](eventforge_core::task::Task).
+///
+/// ```
+/// use eventforge::macros::task;
+/// use eventforge::rpc::HandlerError;
+///
+/// #[task(topic = "math.add", max_instances = 4)]
+/// async fn add(a: i64, b: i64) -> Result<i64, HandlerError> {
+///     Ok(a + b)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let task = add_task();
+/// assert_eq!(task.topic(), "math.add");
+/// // Parameter names are known: an object payload binds by name.
+/// let sum = task.call_payload(serde_json::json!({"a": 1, "b": 2})).await;
+/// assert_eq!(sum.unwrap(), 3);
+/// # }
+/// ```
 #[cfg(feature = "macros")]
 pub use eventforge_macros as macros;
 

@@ -56,3 +56,11 @@ pub use rpc::{
     HandlerError, IntoArgs, Kwargs, ReplyRouting, RoundRobinRpcClient, RpcCall, RpcCaller,
     RpcClient, RpcError, RpcErrorKind, RpcHandler, RpcRequest, RpcResponse, RpcServer,
 };
+pub mod observers;
+pub mod task;
+pub use observers::{
+    CallbackObserver, CountingAllocator, CpuMeter, MemoryMeter, Meter, MeterStats, MetricsMeter,
+    Observer, Reduction, Summary, SummaryStats, TimingMeter, TracingReporter,
+};
+pub use task::{DispatchStrategy, Dispatcher, Node, NodeOutcome};
+pub use task::{SharedState, Task, TaskBuilder, TaskContext, TaskPool, TaskPoolStats, TaskStats};

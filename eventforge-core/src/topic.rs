@@ -209,6 +209,9 @@ impl IntoPattern for &String {
     }
 }
 
+/// Topics with up to this many segments are matched without allocating.
+const INLINE_SEGMENTS: usize = 16;
+
 /// The `.`-separated segments of a topic, empty ones included.
 ///
 /// Topics are short: a plain byte scan beats `str::split`, whose generic
@@ -283,9 +286,6 @@ pub fn validate_topic(topic: &str) -> Result<()> {
 /// assert_eq!(found, [1, 2]);
 /// # Ok::<(), eventforge_core::Error>(())
 /// ```
-/// Topics with up to this many segments are matched without allocating.
-const INLINE_SEGMENTS: usize = 16;
-
 #[derive(Debug)]
 pub struct PatternTrie<T> {
     root: Node<T>,

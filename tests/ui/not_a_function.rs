@@ -1,0 +1,8 @@
+use eventforge::macros::task;
+
+#[task]
+struct Order {
+    id: u64,
+}
+
+fn main() {}
