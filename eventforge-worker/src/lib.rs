@@ -32,7 +32,7 @@ pub mod worker;
 pub use config::WorkerConfig;
 pub use endpoint::Endpoint;
 pub use error::WorkerError;
-pub use worker::Worker;
+pub use worker::{RunningWorker, Worker};
 
 /// The version of the worker and of the `eventforge` command.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

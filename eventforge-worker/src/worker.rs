@@ -155,6 +155,42 @@ impl Worker {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), WorkerError> {
+        let running = self.start().await?;
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "eventforge worker {} listening on {} service={} methods={}",
+                running.id,
+                running.url,
+                running.server.service_name(),
+                running.methods().join(",")
+            );
+            let _ = out.flush();
+        }
+        shutdown.await;
+        running.stop().await;
+        Ok(())
+    }
+
+    /// Opens the transport and starts serving; returns once calls are
+    /// accepted. Stop it with [`RunningWorker::stop`].
+    ///
+    /// ```
+    /// use eventforge_worker::Worker;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::on("tcp://127.0.0.1:0")
+    ///     .handler("double", |n: i64| async move { Ok::<_, String>(n * 2) })
+    ///     .start()
+    ///     .await?;
+    /// assert!(worker.url().starts_with("tcp://127.0.0.1:"));
+    /// assert_eq!(worker.methods(), ["double"]);
+    /// worker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(self) -> Result<RunningWorker, WorkerError> {
         let Worker { args, native } = self;
         let config = match &args.config {
             Some(path) => WorkerConfig::load(path)?,
@@ -192,28 +228,59 @@ impl Worker {
         })?;
         let names = server.methods().join(",");
         tracing::info!(worker = %id, url = %bound, %service, methods = %names, "worker listening");
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(
-                out,
-                "eventforge worker {id} listening on {bound} service={service} methods={names}"
-            );
-            let _ = out.flush();
+        Ok(RunningWorker {
+            id,
+            url: bound,
+            server,
+            queue,
+        })
+    }
+}
+
+/// A worker that is serving; [`stop`](Self::stop) drains it.
+#[derive(Debug)]
+pub struct RunningWorker {
+    // Shown in logs, answered by `whoami`.
+    id: String,
+    // Where callers reach it (the real port when bound to port 0).
+    url: String,
+    server: RpcServer,
+    // Closed after the server has answered what it received.
+    queue: eventforge_core::MessageQueue,
+}
+
+impl RunningWorker {
+    /// The worker's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The URL callers use (`tcp://127.0.0.1:41831` for a worker bound to
+    /// port 0).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The methods served, sorted.
+    pub fn methods(&self) -> Vec<String> {
+        self.server.methods()
+    }
+
+    /// Stops reading requests, answers those already received, closes the
+    /// transport.
+    pub async fn stop(self) {
+        tracing::info!(worker = %self.id, "stopping: answering calls in flight");
+        self.server.stop().await;
+        if let Err(error) = self.queue.close().await {
+            tracing::warn!(worker = %self.id, %error, "closing the transport");
         }
-        shutdown.await;
-        tracing::info!(worker = %id, "stopping: answering calls in flight");
-        server.stop().await;
-        if let Err(error) = queue.close().await {
-            tracing::warn!(worker = %id, %error, "closing the transport");
-        }
-        let stats = server.stats();
+        let stats = self.server.stats();
         tracing::info!(
-            worker = %id,
+            worker = %self.id,
             succeeded = stats.succeeded,
             failed = stats.failed,
             "worker stopped"
         );
-        Ok(())
     }
 }
 

@@ -453,3 +453,40 @@ fn every_subcommand_has_help_and_exit_codes() {
     let version = run(&["--version"]);
     assert!(stdout(&version).starts_with("eventforge "));
 }
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A worker on a broker URL; a unique service keeps parallel tests apart.
+fn broker_round_trip(url: &str) {
+    let service = unique("svc");
+    let running = Running::start(&["worker", url, "--service", &service, "--builtin", "add"]);
+    running.wait_for("listening on ");
+    let output = run(&["call", url, &service, "add", "40", "2"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json(&output), serde_json::json!(42));
+}
+
+#[test]
+fn worker_and_call_over_redis() {
+    broker_round_trip(&redis_url());
+}
+
+#[test]
+fn worker_and_call_over_nats() {
+    broker_round_trip(&nats_url());
+}
+
+#[test]
+fn call_without_a_server_on_redis_times_out() {
+    let service = unique("nobody");
+    let redis = redis_url();
+    let output = run(&["call", &redis, &service, "add", "1", "--timeout", "500ms"]);
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("is a server running"),
+        "{}",
+        stderr(&output)
+    );
+}
