@@ -244,6 +244,22 @@ fn handler_process_that_dies_is_replaced() {
 }
 
 #[test]
+fn handler_process_killed_while_idle_is_replaced_before_the_next_call() {
+    let pid = format!("pid={}", handler_script("process_handler.py"));
+    let (worker, url) = worker(&["--pool-size", "1", "--process", &pid]);
+    let first = json(&run(&["call", &url, "rpc", "pid"]));
+    let status = Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    worker.wait_for("exited while idle");
+    let after = run(&["call", &url, "rpc", "pid"]);
+    assert_eq!(after.status.code(), Some(0), "{}", stderr(&after));
+    assert_ne!(first, json(&after));
+}
+
+#[test]
 fn python_exception_does_not_restart_the_process() {
     let pid = format!("pid={}", handler_script("process_handler.py"));
     let (_worker, url) = worker(&["--pool-size", "1", "--process", &pid]);

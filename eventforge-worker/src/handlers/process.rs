@@ -127,10 +127,33 @@ async fn run_slot(
 ) {
     let mut worker = Some(first);
     loop {
-        // Holding the lock only while waiting: one idle child waits for the
-        // next call, the others wait for the lock.
-        let job = { queue.lock().await.recv().await };
-        let Some(job) = job else { break };
+        // One idle child waits for the next call, the others for the lock;
+        // all of them watch their child, so one that dies while idle is
+        // replaced before a call reaches it.
+        let next = tokio::select! {
+            job = async { queue.lock().await.recv().await } => Next::Call(job),
+            status = exit_of(&mut worker) => Next::Exited(status),
+        };
+        let job = match next {
+            Next::Call(Some(job)) => job,
+            Next::Call(None) => break,
+            Next::Exited(status) => {
+                tracing::warn!(
+                    %method,
+                    slot,
+                    status = ?status,
+                    "handler process exited while idle; starting a new one"
+                );
+                worker = match spawn(&command) {
+                    Ok(fresh) => Some(fresh),
+                    Err(e) => {
+                        tracing::error!(%method, slot, error = %e, "could not restart handler process");
+                        None
+                    }
+                };
+                continue;
+            }
+        };
         let current = match worker.take() {
             Some(current) => current,
             None => match spawn(&command) {
@@ -176,6 +199,23 @@ async fn run_slot(
         }
     }
     tracing::debug!(%method, slot, "handler process slot ends");
+}
+
+/// What an idle slot woke up for.
+enum Next {
+    // A call, or `None` when the pool is gone.
+    Call(Option<Job>),
+    // The child ended by itself.
+    Exited(std::io::Result<std::process::ExitStatus>),
+}
+
+/// Completes when the slot's child exits; never when there is none.
+async fn exit_of(worker: &mut Option<RunningChild>) -> std::io::Result<std::process::ExitStatus> {
+    match worker {
+        // stdin was taken out of `Child`, so waiting does not close it.
+        Some(running) => running.child.wait().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sends one request frame and reads one answer frame.
