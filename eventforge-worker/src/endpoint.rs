@@ -70,15 +70,19 @@ impl Endpoint {
             Endpoint::Redis(url) => Arc::new(
                 RedisTransport::connect(url.as_str())
                     .await
-                    .map_err(|e| self.failure(e))?,
+                    .map_err(|e| self.broker_failure(e))?,
             ),
             Endpoint::Nats(url) => Arc::new(
                 NatsTransport::connect(url.as_str())
                     .await
-                    .map_err(|e| self.failure(e))?,
+                    .map_err(|e| self.broker_failure(e))?,
             ),
         };
         Ok(MessageQueue::from_shared(transport))
+    }
+
+    fn broker_failure(&self, error: impl fmt::Display) -> WorkerError {
+        self.failure(format!("{error}; is the broker running at this address?"))
     }
 
     fn failure(&self, error: impl fmt::Display) -> WorkerError {
