@@ -69,6 +69,18 @@ fn report(label: &str, figure: Run, floor_label: &str, floor: Run) {
 
 /// `in_flight` callers calling in a loop for the run time.
 async fn concurrent(in_flight: usize, client: RpcClient, method: &'static str) -> Run {
+    // Warm-up: every handler process has started before the clock runs.
+    let warm_up: Vec<_> = (0..in_flight * 2)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let _: Value = client.call(method, (n as i64,)).await.expect("warm-up");
+            })
+        })
+        .collect();
+    for call in warm_up {
+        call.await.expect("warm-up");
+    }
     let started = Instant::now();
     let callers: Vec<_> = (0..in_flight)
         .map(|n| {

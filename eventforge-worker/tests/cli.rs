@@ -506,3 +506,20 @@ fn call_without_a_server_on_redis_times_out() {
         stderr(&output)
     );
 }
+
+#[test]
+fn log_json_writes_json_lines_with_the_worker_id() {
+    let worker = Running::start(&[
+        "worker",
+        "tcp://127.0.0.1:0",
+        "--builtin",
+        "echo",
+        "--log-json",
+        "--id",
+        "json-logs",
+    ]);
+    let line = worker.wait_for("\"worker listening\"");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(event["fields"]["worker"], "json-logs");
+    assert_eq!(event["level"], "INFO");
+}
