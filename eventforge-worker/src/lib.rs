@@ -1,5 +1,9 @@
 //! The generic eventforge worker.
 //!
+//! It sits in the remote request-reply corner of the 2x2 (beside
+//! `RpcServer`/`RpcClient`, which it is built on), and its `pub`/`sub`
+//! commands in the remote pub-sub corner.
+//!
 //! [`Worker`] serves RPC methods on any transport named by a URL
 //! (`tcp://`, `redis://`, `nats://`): built-in handlers, external programs
 //! speaking JSON on stdin/stdout (a long-lived pool or one process per

@@ -244,6 +244,7 @@ pub struct RunningWorker {
     id: String,
     // Where callers reach it (the real port when bound to port 0).
     url: String,
+    // Owns the handlers (and so the handler processes, which end with it).
     server: RpcServer,
     // Closed after the server has answered what it received.
     queue: eventforge_core::MessageQueue,
