@@ -21,3 +21,6 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "cargo test --workspace --all-features"
 cargo test --workspace --all-features
+
+step "deploy/local-topology.sh (three workers, one killed halfway, no call lost)"
+bash deploy/local-topology.sh

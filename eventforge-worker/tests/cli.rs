@@ -495,15 +495,21 @@ fn worker_and_call_over_nats() {
 }
 
 #[test]
-fn call_without_a_server_on_redis_times_out() {
+fn call_without_a_server_on_redis_fails_at_once_with_no_responders() {
     let service = unique("nobody");
     let redis = redis_url();
-    let output = run(&["call", &redis, &service, "add", "1", "--timeout", "500ms"]);
-    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    let started = std::time::Instant::now();
+    let output = run(&["call", &redis, &service, "add", "1", "--timeout", "30s"]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("is a server running"),
+        stderr(&output).contains("no server listens for service"),
         "{}",
         stderr(&output)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "waited {:?} instead of failing at once",
+        started.elapsed()
     );
 }
 
