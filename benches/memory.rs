@@ -169,35 +169,17 @@ where
     median(samples)
 }
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    // `cargo bench --bench memory -- NAME` runs only the figures whose label contains NAME.
-    let only = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let wanted = |label: &str| only.as_deref().is_none_or(|only| label.contains(only));
-    runtime.block_on(async {
-        println!("eventforge memory benchmarks ({MESSAGES} messages per run, median of {RUNS})");
-        println!();
-        if !wanted("pub/sub") {
-            if wanted("request") {
-                let rr = measure(request_reply).await;
-                println!(
-                    "{:<52} {:>12}",
-                    "request/reply round trips, sequential",
-                    human(rr)
-                );
-            }
-            return;
-        }
-        let floor = measure(bare_mpsc).await;
-        println!(
-            "{:<52} {:>12}",
-            "floor: bare tokio mpsc, Arc<Message>",
-            human(floor)
-        );
+/// Prints every figure on one runtime. `only` keeps the figures whose
+/// label contains it.
+async fn figures(only: Option<&str>) {
+    let wanted = |label: &str| only.is_none_or(|only| label.contains(only));
+    let floor = measure(bare_mpsc).await;
+    println!(
+        "{:<52} {:>12}",
+        "floor: bare tokio mpsc, Arc<Message>",
+        human(floor)
+    );
+    if wanted("pub/sub 1 -> 1") {
         let one = measure(|| pubsub(1, "bench.user.login", 0)).await;
         println!(
             "{:<52} {:>12}   ({:.0}% of floor)",
@@ -205,24 +187,32 @@ fn main() {
             human(one),
             one / floor * 100.0
         );
+    }
+    if wanted("pub/sub 1 -> 10") {
         let ten = measure(|| pubsub(10, "bench.user.login", 0)).await;
         println!(
             "{:<52} {:>12}   (deliveries)",
             "pub/sub 1 -> 10",
             human(ten)
         );
+    }
+    if wanted("pub/sub wildcard") {
         let wildcard = measure(|| pubsub(1, "bench.**", 0)).await;
         println!(
             "{:<52} {:>12}",
-            "pub/sub 1 -> 1 `bench.**` subscriber",
+            "pub/sub wildcard: 1 -> 1 `bench.**`",
             human(wildcard)
         );
+    }
+    if wanted("request/reply") {
         let rr = measure(request_reply).await;
         println!(
             "{:<52} {:>12}",
             "request/reply round trips, sequential",
             human(rr)
         );
+    }
+    if wanted("send") {
         let cost_one = measure(|| publish_cost(0)).await;
         let cost_many = measure(|| publish_cost(10_000)).await;
         println!("{:<52} {:>9.0} ns", "send, 1 subscription", cost_one);
@@ -232,5 +222,32 @@ fn main() {
             cost_many,
             cost_many / cost_one
         );
-    });
+    }
+}
+
+fn main() {
+    // `cargo bench --bench memory -- NAME` runs only the figures whose label contains NAME.
+    let only = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    println!("eventforge memory benchmarks ({MESSAGES} messages per run, median of {RUNS})");
+
+    // Publisher and subscribers on one thread, as an event loop (the
+    // Python peer's asyncio) runs them: no cross-thread wake-ups or frees.
+    println!();
+    println!("-- current-thread runtime (one core)");
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    current.block_on(figures(only.as_deref()));
+    drop(current);
+
+    // Publisher and subscribers spread over both cores.
+    println!();
+    println!("-- multi-thread runtime (2 workers)");
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    multi.block_on(figures(only.as_deref()));
 }
