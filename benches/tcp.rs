@@ -43,7 +43,7 @@ fn main() -> Result<(), AnyError> {
 }
 
 /// True when the section should run: all by default, or those named on
-/// the command line (`cargo bench --bench tcp -- up rr`).
+/// the command line (`cargo bench --bench tcp -- up rr inflight`).
 fn wanted(section: &str) -> bool {
     let names: Vec<String> = std::env::args()
         .skip(1)
@@ -76,6 +76,9 @@ async fn run() -> Result<(), AnyError> {
     }
     if wanted("rr") {
         request_reply_section().await?;
+    }
+    if wanted("inflight") {
+        rpc_in_flight_section().await?;
     }
     if wanted("memory") {
         println!("server memory while one client floods it for 4 s");
@@ -172,6 +175,64 @@ async fn request_reply_section() -> Result<(), AnyError> {
     rpc.print("RpcClient.call add(a, b)", Some(&echo));
     println!();
     Ok(())
+}
+
+/// Calls kept in flight on one connection by the in-flight section.
+const IN_FLIGHT: usize = 64;
+/// Calls per in-flight run.
+const IN_FLIGHT_CALLS: usize = 100_000;
+
+async fn rpc_in_flight_section() -> Result<(), AnyError> {
+    println!("RPC, {IN_FLIGHT} calls in flight on one connection, {IN_FLIGHT_CALLS} calls per run");
+    let mut rates = Vec::new();
+    for _ in 0..RUNS {
+        rates.push(rpc_in_flight(IN_FLIGHT_CALLS).await?);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("  RpcClient.call add(a, b)  {:>10.0} calls/s", rates[rates.len() / 2]);
+    println!();
+    Ok(())
+}
+
+/// Calls per second with `IN_FLIGHT` calls outstanding at any time, the
+/// server on a thread of its own.
+async fn rpc_in_flight(n: usize) -> Result<f64, AnyError> {
+    use eventforge::rpc::{HandlerError, RpcClient, RpcServer};
+    use futures::stream::{self, StreamExt};
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let server = peer(move || async move {
+        let transport = TcpServerTransport::bind("127.0.0.1:0").await?;
+        let _ = addr_tx.send(transport.local_addr());
+        let server = RpcServer::new(MessageQueue::new(transport)).service("math");
+        server.register("add", |a: i64, b: i64| async move {
+            Ok::<_, HandlerError>(a + b)
+        });
+        server.serve().await?;
+        let _ = done_rx.await;
+        server.stop().await;
+        Ok(())
+    });
+    let queue = MessageQueue::new(TcpClientTransport::connect(addr_rx.await?).await?);
+    let client = RpcClient::new(queue.clone()).service("math");
+    let started = Instant::now();
+    let answered = stream::iter(0..n as i64)
+        .map(|i| {
+            let client = client.clone();
+            async move { client.call::<i64>("add", (i, 1)).await.map(|sum| sum == i + 1) }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .filter(|ok| std::future::ready(matches!(ok, Ok(true))))
+        .count()
+        .await;
+    let elapsed = started.elapsed();
+    let _ = done_tx.send(());
+    joined(server).await?;
+    queue.close().await?;
+    if answered != n {
+        return Err(format!("{} of {n} calls were not answered correctly", n - answered).into());
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
 }
 
 async fn median<F, Fut>(runs: usize, mut measure: F) -> Result<Throughput, AnyError>
