@@ -189,7 +189,10 @@ async fn rpc_in_flight_section() -> Result<(), AnyError> {
         rates.push(rpc_in_flight(IN_FLIGHT_CALLS).await?);
     }
     rates.sort_by(f64::total_cmp);
-    println!("  RpcClient.call add(a, b)  {:>10.0} calls/s", rates[rates.len() / 2]);
+    println!(
+        "  RpcClient.call add(a, b)  {:>10.0} calls/s",
+        rates[rates.len() / 2]
+    );
     println!();
     Ok(())
 }
@@ -219,7 +222,12 @@ async fn rpc_in_flight(n: usize) -> Result<f64, AnyError> {
     let answered = stream::iter(0..n as i64)
         .map(|i| {
             let client = client.clone();
-            async move { client.call::<i64>("add", (i, 1)).await.map(|sum| sum == i + 1) }
+            async move {
+                client
+                    .call::<i64>("add", (i, 1))
+                    .await
+                    .map(|sum| sum == i + 1)
+            }
         })
         .buffer_unordered(IN_FLIGHT)
         .filter(|ok| std::future::ready(matches!(ok, Ok(true))))
