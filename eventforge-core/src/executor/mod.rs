@@ -312,7 +312,7 @@ impl Executor {
         *backend = match inner.mode {
             ExecutorMode::Inline => Backend::Inline,
             ExecutorMode::Thread => Backend::Threads(Arc::new(
-                ThreadPool::start(inner.workers, &inner.thread_name_prefix)
+                ThreadPool::start_jobs(inner.workers, &inner.thread_name_prefix)
                     .map_err(ExecutorError::Spawn)?,
             )),
             ExecutorMode::Process => {
@@ -334,7 +334,7 @@ impl Executor {
                     max_tasks_per_child: inner.max_tasks_per_child,
                 };
                 Backend::Processes(Arc::new(
-                    ProcessPool::start(inner.workers, spec, Arc::clone(&inner.cancelled))
+                    ProcessPool::start_slots(inner.workers, spec, Arc::clone(&inner.cancelled))
                         .map_err(ExecutorError::Spawn)?,
                 ))
             }

@@ -8,7 +8,6 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,6 +15,7 @@ use serde_json::Value;
 use super::child::{read_frame, seconds, write_frame, ChildReply, ChildRequest, CHILD_ENV};
 use super::result::TaskResult;
 use super::store::TaskCell;
+use super::thread::WorkerThreads;
 
 /// A task on its way to a child.
 pub(crate) struct ProcessJob {
@@ -34,64 +34,25 @@ pub(crate) struct ChildSpec {
     pub(crate) max_tasks_per_child: Option<usize>,
 }
 
-pub(crate) struct ProcessPool {
-    sender: Mutex<Option<mpsc::Sender<ProcessJob>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-}
+/// The pool of [`ExecutorMode::Process`](super::ExecutorMode::Process):
+/// one thread per worker slot, each driving its child.
+pub(crate) type ProcessPool = WorkerThreads<ProcessJob>;
 
 impl ProcessPool {
-    pub(crate) fn start(
+    /// Starts `workers` slots, each starting children as `spec` says.
+    pub(crate) fn start_slots(
         workers: usize,
         spec: ChildSpec,
         cancelled: Arc<AtomicBool>,
     ) -> io::Result<Self> {
-        let (sender, receiver) = mpsc::channel::<ProcessJob>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let mut threads = Vec::new();
-        for n in 1..=workers.max(1) {
-            let receiver = Arc::clone(&receiver);
-            let spec = spec.clone();
-            let cancelled = Arc::clone(&cancelled);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("eventforge-process-slot-{n}"))
-                    .spawn(move || run_slot(&spec, &receiver, &cancelled))?,
-            );
-        }
-        Ok(ProcessPool {
-            sender: Mutex::new(Some(sender)),
-            threads: Mutex::new(threads),
-        })
-    }
-
-    pub(crate) fn submit(&self, job: ProcessJob) -> Result<(), ProcessJob> {
-        match self
-            .sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            Some(sender) => sender.send(job).map_err(|e| e.0),
-            None => Err(job),
-        }
-    }
-
-    pub(crate) fn stop(&self, wait: bool) {
-        self.sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        if wait {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        }
+        Self::start(
+            workers,
+            |n| format!("eventforge-process-slot-{n}"),
+            move |_, receiver| run_slot(&spec, receiver, &cancelled),
+        )
     }
 }
 
-/// One worker slot: keeps a child alive and runs queued tasks on it.
 fn run_slot(
     spec: &ChildSpec,
     receiver: &Mutex<mpsc::Receiver<ProcessJob>>,

@@ -9,41 +9,45 @@ use std::thread::JoinHandle;
 /// A unit of work; it is given the name of the worker that runs it.
 pub(crate) type Job = Box<dyn FnOnce(&str) + Send>;
 
-pub(crate) struct ThreadPool {
+/// OS threads fed from one queue of jobs `J`: the machinery shared by the
+/// thread pool and the process pool (whose threads each drive a child).
+pub(crate) struct WorkerThreads<J> {
     // Dropped to tell the workers to finish what is queued and exit.
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    sender: Mutex<Option<mpsc::Sender<J>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl ThreadPool {
-    pub(crate) fn start(workers: usize, prefix: &str) -> io::Result<Self> {
-        let (sender, receiver) = mpsc::channel::<Job>();
+impl<J: Send + 'static> WorkerThreads<J> {
+    /// Starts `workers` (at least 1) threads; thread `n` (from 1) is named
+    /// `name(n)` and runs `work(n, queue)` until it returns.
+    pub(crate) fn start<W>(
+        workers: usize,
+        name: impl Fn(usize) -> String,
+        work: W,
+    ) -> io::Result<Self>
+    where
+        W: Fn(usize, &Mutex<mpsc::Receiver<J>>) + Clone + Send + 'static,
+    {
+        let (sender, receiver) = mpsc::channel::<J>();
         let receiver = Arc::new(Mutex::new(receiver));
         let mut threads = Vec::with_capacity(workers);
         for n in 1..=workers.max(1) {
-            let name = format!("{prefix}-{n}");
             let receiver = Arc::clone(&receiver);
-            let worker_id = name.clone();
-            threads.push(std::thread::Builder::new().name(name).spawn(move || loop {
-                // The lock is held only while waiting for the next job.
-                let next = receiver
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .recv();
-                match next {
-                    Ok(job) => job(&worker_id),
-                    Err(_) => break,
-                }
-            })?);
+            let work = work.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name(n))
+                    .spawn(move || work(n, &receiver))?,
+            );
         }
-        Ok(ThreadPool {
+        Ok(WorkerThreads {
             sender: Mutex::new(Some(sender)),
             threads: Mutex::new(threads),
         })
     }
 
     /// Queues `job`; gives it back when the pool is stopping.
-    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+    pub(crate) fn submit(&self, job: J) -> Result<(), J> {
         match self
             .sender
             .lock()
@@ -68,5 +72,30 @@ impl ThreadPool {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// The pool of [`ExecutorMode::Thread`](super::ExecutorMode::Thread).
+pub(crate) type ThreadPool = WorkerThreads<Job>;
+
+impl ThreadPool {
+    /// Starts `workers` threads named `<prefix>-<n>` running jobs.
+    pub(crate) fn start_jobs(workers: usize, prefix: &str) -> io::Result<Self> {
+        let name = |n| format!("{prefix}-{n}");
+        let prefix = prefix.to_owned();
+        Self::start(workers, name, move |n, receiver| {
+            let worker_id = format!("{prefix}-{n}");
+            loop {
+                // The lock is held only while waiting for the next job.
+                let next = receiver
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recv();
+                match next {
+                    Ok(job) => job(&worker_id),
+                    Err(_) => break,
+                }
+            }
+        })
     }
 }
