@@ -12,6 +12,8 @@ use eventforge::{Error, Message, MessageQueue};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+mod support;
+
 const WAIT: Duration = Duration::from_secs(5);
 
 /// Unique topic root per test, so tests can share a broker.
@@ -319,12 +321,11 @@ queue_suite!(memory, memory_pair());
 /// The client of a TCP link publishes, its server receives.
 #[cfg(feature = "tcp")]
 async fn tcp_client_to_server_pair() -> (MessageQueue, MessageQueue) {
-    use eventforge::transports::tcp::{TcpClientTransport, TcpServerTransport};
-    let server = TcpServerTransport::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpClientTransport::connect(server.local_addr())
-        .await
-        .unwrap();
-    (MessageQueue::new(client), MessageQueue::new(server))
+    let (server, client) = support::tcp_link().await;
+    (
+        MessageQueue::from_shared(client),
+        MessageQueue::from_shared(server),
+    )
 }
 
 /// The server of a TCP link publishes, its client receives.

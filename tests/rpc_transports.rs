@@ -4,14 +4,12 @@
 #![cfg(any(feature = "tcp", feature = "redis", feature = "nats"))]
 
 mod rpc_suite;
-
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+mod support;
 
 use eventforge::rpc::ReplyRouting;
-use eventforge::Transport;
 use rpc_suite::{Pair, Target};
+use std::future::Future;
+use std::pin::Pin;
 
 type PairFuture = Pin<Box<dyn Future<Output = Pair> + Send>>;
 
@@ -49,29 +47,17 @@ macro_rules! rpc_suite_on {
     };
 }
 
-#[cfg(feature = "tcp")]
-async fn tcp_link() -> (Arc<dyn Transport>, Arc<dyn Transport>) {
-    use eventforge::transports::tcp::{TcpClientTransport, TcpServerTransport};
-    let server = TcpServerTransport::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port");
-    let client = TcpClientTransport::connect(server.local_addr())
-        .await
-        .expect("connect to the server just bound");
-    (Arc::new(server), Arc::new(client))
-}
-
 /// The TCP server serves, its client calls.
 #[cfg(feature = "tcp")]
 fn tcp_server_serves() -> PairFuture {
-    Box::pin(tcp_link())
+    Box::pin(support::tcp_link())
 }
 
 /// The TCP client serves, its server calls.
 #[cfg(feature = "tcp")]
 fn tcp_client_serves() -> PairFuture {
     Box::pin(async {
-        let (server, client) = tcp_link().await;
+        let (server, client) = support::tcp_link().await;
         (client, server)
     })
 }
@@ -83,18 +69,7 @@ rpc_suite_on!(tcp_client_serves, tcp_client_serves, ReplyRouting::Shared);
 
 #[cfg(feature = "redis")]
 fn redis() -> PairFuture {
-    Box::pin(async {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let connect = || async {
-            let transport = eventforge::transports::redis::RedisTransport::connect(&url)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("Redis at {url}: {e} (start it with scripts/brokers.sh)")
-                });
-            Arc::new(transport) as Arc<dyn Transport>
-        };
-        (connect().await, connect().await)
-    })
+    Box::pin(async { (support::redis().await, support::redis().await) })
 }
 
 #[cfg(feature = "redis")]
@@ -102,18 +77,7 @@ rpc_suite_on!(redis, redis, ReplyRouting::PerCall);
 
 #[cfg(feature = "nats")]
 fn nats() -> PairFuture {
-    Box::pin(async {
-        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        let connect = || async {
-            let transport = eventforge::transports::nats::NatsTransport::connect(&url)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("NATS at {url}: {e} (start it with scripts/brokers.sh)")
-                });
-            Arc::new(transport) as Arc<dyn Transport>
-        };
-        (connect().await, connect().await)
-    })
+    Box::pin(async { (support::nats().await, support::nats().await) })
 }
 
 #[cfg(feature = "nats")]
