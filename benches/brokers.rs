@@ -267,10 +267,13 @@ async fn nats_pubsub_raw(work: Work) -> f64 {
     NATS_MESSAGES as f64 / (finished - started).as_secs_f64()
 }
 
-async fn nats_requests_eventforge() -> Latencies {
-    let responder = Arc::new(NatsTransport::connect(nats_url()).await.expect("nats"));
-    let requester = NatsTransport::connect(nats_url()).await.expect("nats");
-    let topic = unique("nats_rpc");
+/// Sequential requests through eventforge's `Transport::request` on a
+/// broker, answered by a plain responder subscribed on another connection.
+async fn requests_eventforge(
+    responder: Arc<dyn Transport>,
+    requester: Arc<dyn Transport>,
+    topic: String,
+) -> Latencies {
     let mut requests = responder
         .subscribe(Pattern::parse(&topic).expect("pattern"))
         .await
@@ -301,6 +304,16 @@ async fn nats_requests_eventforge() -> Latencies {
     responder.close().await.expect("close");
     serve.await.expect("responder");
     Latencies::of(samples, total)
+}
+
+async fn nats_requests_eventforge() -> Latencies {
+    let connect = || async { Arc::new(NatsTransport::connect(nats_url()).await.expect("nats")) };
+    requests_eventforge(connect().await, connect().await, unique("nats_rpc")).await
+}
+
+async fn redis_requests_eventforge() -> Latencies {
+    let connect = || async { Arc::new(RedisTransport::connect(redis_url()).await.expect("redis")) };
+    requests_eventforge(connect().await, connect().await, unique("redis_rpc")).await
 }
 
 async fn nats_requests_raw() -> Latencies {
@@ -464,42 +477,6 @@ async fn redis_pubsub_raw(work: Work) -> f64 {
         .expect("every message in time")
         .expect("counter");
     REDIS_MESSAGES as f64 / (finished - started).as_secs_f64()
-}
-
-async fn redis_requests_eventforge() -> Latencies {
-    let responder = Arc::new(RedisTransport::connect(redis_url()).await.expect("redis"));
-    let requester = RedisTransport::connect(redis_url()).await.expect("redis");
-    let topic = unique("redis_rpc");
-    let mut requests = responder
-        .subscribe(Pattern::parse(&topic).expect("pattern"))
-        .await
-        .expect("subscribe");
-    let replier = Arc::clone(&responder);
-    let serve = tokio::spawn(async move {
-        while let Some(request) = requests.recv().await {
-            let Some(reply_to) = request.reply_to.clone() else {
-                continue;
-            };
-            let mut reply = Message::new(reply_to, "ok").expect("reply");
-            reply.correlation_id = request.correlation_id.clone();
-            if replier.send(reply).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut samples = Vec::with_capacity(REQUESTS);
-    let started = Instant::now();
-    for n in 0..REQUESTS {
-        let call = Instant::now();
-        let request = Message::new(&topic, payload(n)).expect("request");
-        requester.request(request, PATIENCE).await.expect("reply");
-        samples.push(call.elapsed());
-    }
-    let total = started.elapsed();
-    requester.close().await.expect("close");
-    responder.close().await.expect("close");
-    serve.await.expect("responder");
-    Latencies::of(samples, total)
 }
 
 /// The least a requester can do on Redis: one reply channel subscribed
