@@ -341,10 +341,14 @@ async fn run_handler<F, R, K>(
     R: HandlerReturn<K>,
     K: 'static,
 {
+    // One cancellation future for the handler's life: a new one per message
+    // would register with the token (a lock) on every message.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let message = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
             message = subscription.recv() => match message {
                 Some(message) => message,
                 None => break,
