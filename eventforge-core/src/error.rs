@@ -92,6 +92,25 @@ pub enum Error {
         capacity: usize,
     },
 
+    /// A work queue group already holds as many jobs as it may; nothing was stored.
+    #[error("work queue {topic:?} is full: group {group:?} holds {limit} jobs; consume some or raise max_size")]
+    QueueFull {
+        /// The work queue topic.
+        topic: String,
+        /// The group that is full.
+        group: String,
+        /// The configured limit ([`WorkOptions::max_size`](crate::WorkOptions::max_size)).
+        limit: u64,
+    },
+
+    /// A job was acked or retried after its visibility timeout had passed
+    /// and it had been handed out again; the later delivery now owns it.
+    #[error("delivery of job {job_id} expired before it was settled; it was handed out again")]
+    DeliveryExpired {
+        /// The job's message id.
+        job_id: String,
+    },
+
     /// A network transport failed (connection refused, reset, broker error).
     #[error("{transport} transport error: {source}")]
     Transport {

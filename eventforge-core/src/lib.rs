@@ -64,3 +64,5 @@ pub use observers::{
 };
 pub use task::{DispatchStrategy, Dispatcher, Node, NodeOutcome};
 pub use task::{SharedState, Task, TaskBuilder, TaskContext, TaskPool, TaskPoolStats, TaskStats};
+pub mod work_queue;
+pub use work_queue::{BackendStats, Delivery, Receipt, WorkBackend, WorkOptions, DEFAULT_GROUP};
