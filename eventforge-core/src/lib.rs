@@ -65,4 +65,7 @@ pub use observers::{
 pub use task::{DispatchStrategy, Dispatcher, Node, NodeOutcome};
 pub use task::{SharedState, Task, TaskBuilder, TaskContext, TaskPool, TaskPoolStats, TaskStats};
 pub mod work_queue;
-pub use work_queue::{BackendStats, Delivery, Receipt, WorkBackend, WorkOptions, DEFAULT_GROUP};
+pub use work_queue::{
+    BackendStats, Consumer, Delivery, Job, JobEvent, MemoryWorkBackend, Nack, Receipt, WorkBackend,
+    WorkOptions, WorkQueue, WorkQueueBuilder, WorkStats, DEFAULT_GROUP,
+};

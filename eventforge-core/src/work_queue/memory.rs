@@ -1,0 +1,335 @@
+//! The in-process work-queue store: jobs live in this process's memory and
+//! are gone when it exits.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::backend::{BackendStats, Delivery, Receipt, WorkBackend, WorkOptions};
+use crate::error::{Error, Result};
+use crate::message::Message;
+
+/// Jobs kept in this process's memory, with the same semantics as the
+/// durable backends: groups, competing consumers, visibility timeout,
+/// delayed retries and a size limit.
+///
+/// Consumers waiting on one group are served in the order they started
+/// waiting, so jobs go round-robin among them. Nothing survives the
+/// process; use the Redis Streams or JetStream backend for that.
+///
+/// ```
+/// use eventforge_core::work_queue::{MemoryWorkBackend, WorkQueue};
+///
+/// let queue = WorkQueue::builder(MemoryWorkBackend::new()).max_retries(5).build();
+/// # drop(queue);
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryWorkBackend {
+    topics: Mutex<HashMap<String, Topic>>,
+    closed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Topic {
+    groups: HashMap<String, Group>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    ready: VecDeque<Stored>,
+    /// Retries waiting for their delay, by due time and a tie-breaking sequence.
+    delayed: BTreeMap<(Instant, u64), Stored>,
+    in_flight: HashMap<u64, InFlight>,
+    /// Visibility deadlines of the deliveries in `in_flight`.
+    deadlines: BTreeMap<(Instant, u64), ()>,
+    next_sequence: u64,
+    notify: Arc<Notify>,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    message: Arc<Message>,
+    /// Deliveries made so far.
+    deliveries: u32,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    stored: Stored,
+    deadline: Instant,
+}
+
+/// What one look at a group found.
+enum Taken {
+    Job(Box<Delivery>),
+    Wait(Arc<Notify>, Instant),
+}
+
+/// What a memory receipt carries: where the delivery sits in `in_flight`.
+#[derive(Debug, Clone)]
+struct Token {
+    delivery: u64,
+    job_id: String,
+}
+
+impl Group {
+    fn backlog(&self) -> u64 {
+        (self.ready.len() + self.delayed.len() + self.in_flight.len()) as u64
+    }
+
+    /// Moves due retries and expired deliveries back to `ready`.
+    fn release_due(&mut self, now: Instant) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let stored = entry.remove();
+            self.ready.push_back(stored);
+        }
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (_, delivery) = entry.remove_entry().0;
+            if let Some(expired) = self.in_flight.remove(&delivery) {
+                tracing::debug!(
+                    job_id = %expired.stored.message.id,
+                    "visibility timeout passed; the job is handed out again"
+                );
+                self.ready.push_front(expired.stored);
+            }
+        }
+    }
+
+    /// The next instant at which `release_due` would move something.
+    fn next_due(&self) -> Option<Instant> {
+        let delayed = self.delayed.keys().next().map(|key| key.0);
+        let expiring = self.deadlines.keys().next().map(|key| key.0);
+        match (delayed, expiring) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn sequence(&mut self) -> u64 {
+        self.next_sequence += 1;
+        self.next_sequence
+    }
+}
+
+impl MemoryWorkBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn topics(&self) -> Result<MutexGuard<'_, HashMap<String, Topic>>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("memory work queue"));
+        }
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way that matters more than stopping the queue would.
+        Ok(self
+            .topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    fn with_group<T>(
+        &self,
+        topic: &str,
+        group: &str,
+        f: impl FnOnce(&mut Group) -> Result<T>,
+    ) -> Result<T> {
+        let mut topics = self.topics()?;
+        let group = topics
+            .entry(topic.to_owned())
+            .or_default()
+            .groups
+            .entry(group.to_owned())
+            .or_default();
+        f(group)
+    }
+}
+
+#[async_trait]
+impl WorkBackend for MemoryWorkBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn create_group(
+        &self,
+        _options: &WorkOptions,
+        topic: &str,
+        group: &str,
+        _from_start: bool,
+    ) -> Result<()> {
+        // Jobs are copied into each group as they arrive, so a new group has
+        // nothing to catch up on: "from the start" of an existing topic
+        // would need the acked history, which memory does not keep.
+        self.with_group(topic, group, |_| Ok(()))
+    }
+
+    async fn enqueue(&self, options: &WorkOptions, job: Message) -> Result<()> {
+        let mut topics = self.topics()?;
+        let entry = topics.entry(job.topic.clone()).or_default();
+        for declared in &options.groups {
+            entry.groups.entry(declared.clone()).or_default();
+        }
+        let now = Instant::now();
+        for (name, group) in &mut entry.groups {
+            group.release_due(now);
+            if group.backlog() >= options.max_size {
+                return Err(Error::QueueFull {
+                    topic: job.topic.clone(),
+                    group: name.clone(),
+                    limit: options.max_size,
+                });
+            }
+        }
+        let message = Arc::new(job);
+        for group in entry.groups.values_mut() {
+            group.ready.push_back(Stored {
+                message: Arc::clone(&message),
+                deliveries: 0,
+            });
+            group.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        options: &WorkOptions,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        timeout: Duration,
+    ) -> Result<Option<Delivery>> {
+        let give_up = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            let taken = self.with_group(topic, group, |state| {
+                state.release_due(now);
+                let Some(mut stored) = state.ready.pop_front() else {
+                    let wake_at = state.next_due().map_or(give_up, |due| due.min(give_up));
+                    return Ok(Taken::Wait(Arc::clone(&state.notify), wake_at));
+                };
+                stored.deliveries += 1;
+                let delivery = state.sequence();
+                let deadline = now + options.visibility_timeout;
+                state.deadlines.insert((deadline, delivery), ());
+                let message = Message::clone(&stored.message);
+                let attempt = stored.deliveries;
+                let token = Token {
+                    delivery,
+                    job_id: message.id.clone(),
+                };
+                state
+                    .in_flight
+                    .insert(delivery, InFlight { stored, deadline });
+                Ok(Taken::Job(Box::new(Delivery {
+                    message,
+                    attempt,
+                    receipt: Receipt::new(topic, group, consumer, token),
+                })))
+            })?;
+            let (notify, wake_at) = match taken {
+                Taken::Job(delivery) => return Ok(Some(*delivery)),
+                Taken::Wait(notify, wake_at) => (notify, wake_at),
+            };
+            if now >= give_up {
+                return Ok(None);
+            }
+            // A notification stored while nobody waited is kept by `Notify`,
+            // so an enqueue between the check above and this wait is not missed.
+            let _ = tokio::time::timeout_at(wake_at, notify.notified()).await;
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed("memory work queue"));
+            }
+        }
+    }
+
+    async fn ack(&self, receipt: Receipt) -> Result<()> {
+        let (topic, group) = (receipt.topic.clone(), receipt.group.clone());
+        let token = receipt
+            .into_token::<Token>()
+            .expect("a memory receipt carries a memory token");
+        self.with_group(&topic, &group, |state| {
+            match state.in_flight.remove(&token.delivery) {
+                Some(done) => {
+                    state.deadlines.remove(&(done.deadline, token.delivery));
+                    Ok(())
+                }
+                None => Err(Error::DeliveryExpired {
+                    job_id: token.job_id,
+                }),
+            }
+        })
+    }
+
+    async fn retry(&self, _options: &WorkOptions, receipt: Receipt, delay: Duration) -> Result<()> {
+        let (topic, group) = (receipt.topic.clone(), receipt.group.clone());
+        let token = receipt
+            .into_token::<Token>()
+            .expect("a memory receipt carries a memory token");
+        self.with_group(&topic, &group, |state| {
+            let Some(failed) = state.in_flight.remove(&token.delivery) else {
+                return Err(Error::DeliveryExpired {
+                    job_id: token.job_id,
+                });
+            };
+            state.deadlines.remove(&(failed.deadline, token.delivery));
+            if delay.is_zero() {
+                state.ready.push_back(failed.stored);
+            } else {
+                let sequence = state.sequence();
+                state
+                    .delayed
+                    .insert((Instant::now() + delay, sequence), failed.stored);
+            }
+            // Wakes a waiter so it recomputes when to look again.
+            state.notify.notify_one();
+            Ok(())
+        })
+    }
+
+    async fn stats(
+        &self,
+        _options: &WorkOptions,
+        topic: &str,
+        group: &str,
+    ) -> Result<BackendStats> {
+        let mut topics = self.topics()?;
+        let Some(state) = topics
+            .get_mut(topic)
+            .and_then(|entry| entry.groups.get_mut(group))
+        else {
+            return Ok(BackendStats::default());
+        };
+        state.release_due(Instant::now());
+        Ok(BackendStats {
+            pending: (state.ready.len() + state.delayed.len()) as u64,
+            in_flight: state.in_flight.len() as u64,
+        })
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let topics = self
+                .topics
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for group in topics.values().flat_map(|topic| topic.groups.values()) {
+                group.notify.notify_waiters();
+            }
+        }
+        Ok(())
+    }
+}
