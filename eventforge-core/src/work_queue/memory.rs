@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::backend::{BackendStats, Delivery, Receipt, WorkBackend, WorkOptions};
@@ -18,8 +18,8 @@ use crate::message::Message;
 /// durable backends: groups, competing consumers, visibility timeout,
 /// delayed retries and a size limit.
 ///
-/// Consumers waiting on one group are served in the order they started
-/// waiting, so jobs go round-robin among them. Nothing survives the
+/// A job that arrives while consumers of a group wait goes to the one that
+/// has waited longest, so jobs go round-robin among them. Nothing survives the
 /// process; use the Redis Streams or JetStream backend for that.
 ///
 /// ```
@@ -48,7 +48,16 @@ struct Group {
     /// Visibility deadlines of the deliveries in `in_flight`.
     deadlines: BTreeMap<(Instant, u64), ()>,
     next_sequence: u64,
-    notify: Arc<Notify>,
+    /// Consumers waiting for a job, longest-waiting first.
+    waiters: VecDeque<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    consumer: String,
+    visibility: Duration,
+    hand: oneshot::Sender<Delivery>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,12 +71,6 @@ struct Stored {
 struct InFlight {
     stored: Stored,
     deadline: Instant,
-}
-
-/// What one look at a group found.
-enum Taken {
-    Job(Box<Delivery>),
-    Wait(Arc<Notify>, Instant),
 }
 
 /// What a memory receipt carries: where the delivery sits in `in_flight`.
@@ -120,6 +123,103 @@ impl Group {
         self.next_sequence += 1;
         self.next_sequence
     }
+
+    /// Puts `stored` in flight for `consumer` and makes its delivery.
+    fn hand_out(&mut self, mut stored: Stored, to: Recipient<'_>, now: Instant) -> Delivery {
+        stored.deliveries += 1;
+        let delivery = self.sequence();
+        let deadline = now + to.visibility;
+        self.deadlines.insert((deadline, delivery), ());
+        let message = Message::clone(&stored.message);
+        let attempt = stored.deliveries;
+        let token = Token {
+            delivery,
+            job_id: message.id.clone(),
+        };
+        self.in_flight
+            .insert(delivery, InFlight { stored, deadline });
+        Delivery {
+            message,
+            attempt,
+            receipt: Receipt::new(to.topic, to.group, to.consumer, token),
+        }
+    }
+
+    /// Takes back a delivery its consumer never saw, as if never made.
+    fn undo(&mut self, delivery: Delivery) {
+        let Some(token) = delivery.receipt.token::<Token>() else {
+            return;
+        };
+        if let Some(mut returned) = self.in_flight.remove(&token.delivery) {
+            self.deadlines.remove(&(returned.deadline, token.delivery));
+            returned.stored.deliveries -= 1;
+            self.ready.push_front(returned.stored);
+        }
+    }
+
+    /// Moves due jobs to `ready` and gives ready jobs to waiting consumers,
+    /// longest-waiting first.
+    fn dispatch(&mut self, topic: &str, group: &str, now: Instant) {
+        self.release_due(now);
+        while !self.ready.is_empty() {
+            let Some(waiter) = self.waiters.pop_front() else {
+                break;
+            };
+            if waiter.hand.is_closed() {
+                continue;
+            }
+            let stored = self.ready.pop_front().expect("checked not empty");
+            let to = Recipient {
+                topic,
+                group,
+                consumer: &waiter.consumer,
+                visibility: waiter.visibility,
+            };
+            let delivery = self.hand_out(stored, to, now);
+            if let Err(unwanted) = waiter.hand.send(delivery) {
+                self.undo(unwanted);
+            }
+        }
+    }
+}
+
+/// Who a delivery is for.
+#[derive(Clone, Copy)]
+struct Recipient<'a> {
+    topic: &'a str,
+    group: &'a str,
+    consumer: &'a str,
+    visibility: Duration,
+}
+
+/// A consumer's place in a group's line. Leaving it (the receive returned or
+/// was cancelled) takes back a job handed over but never read, so a
+/// cancelled receive loses nothing.
+struct Waiting<'a> {
+    backend: &'a MemoryWorkBackend,
+    topic: &'a str,
+    group: &'a str,
+    id: u64,
+    hand: oneshot::Receiver<Delivery>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.hand.close();
+        let unread = self.hand.try_recv().ok();
+        let mut topics = self.backend.lock();
+        let Some(state) = topics
+            .get_mut(self.topic)
+            .and_then(|topic| topic.groups.get_mut(self.group))
+        else {
+            return;
+        };
+        state.waiters.retain(|waiter| waiter.id != self.id);
+        if let Some(delivery) = unread {
+            state.undo(delivery);
+            state.dispatch(self.topic, self.group, Instant::now());
+        }
+    }
 }
 
 impl MemoryWorkBackend {
@@ -132,12 +232,15 @@ impl MemoryWorkBackend {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("memory work queue"));
         }
-        // A panic while holding the lock cannot leave the maps half-updated
-        // in a way that matters more than stopping the queue would.
-        Ok(self
-            .topics
+        Ok(self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Topic>> {
+        // No code path panics between two updates of the maps, so a
+        // poisoned lock still guards consistent state.
+        self.topics
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn with_group<T>(
@@ -193,13 +296,14 @@ impl WorkBackend for MemoryWorkBackend {
                 });
             }
         }
+        let topic = job.topic.clone();
         let message = Arc::new(job);
-        for group in entry.groups.values_mut() {
+        for (name, group) in &mut entry.groups {
             group.ready.push_back(Stored {
                 message: Arc::clone(&message),
                 deliveries: 0,
             });
-            group.notify.notify_one();
+            group.dispatch(&topic, name, now);
         }
         Ok(())
     }
@@ -213,46 +317,70 @@ impl WorkBackend for MemoryWorkBackend {
         timeout: Duration,
     ) -> Result<Option<Delivery>> {
         let give_up = Instant::now() + timeout;
-        loop {
+        let to = Recipient {
+            topic,
+            group,
+            consumer,
+            visibility: options.visibility_timeout,
+        };
+        let (hand, waiting, mut wake_at) = {
             let now = Instant::now();
-            let taken = self.with_group(topic, group, |state| {
-                state.release_due(now);
-                let Some(mut stored) = state.ready.pop_front() else {
-                    let wake_at = state.next_due().map_or(give_up, |due| due.min(give_up));
-                    return Ok(Taken::Wait(Arc::clone(&state.notify), wake_at));
-                };
-                stored.deliveries += 1;
-                let delivery = state.sequence();
-                let deadline = now + options.visibility_timeout;
-                state.deadlines.insert((deadline, delivery), ());
-                let message = Message::clone(&stored.message);
-                let attempt = stored.deliveries;
-                let token = Token {
-                    delivery,
-                    job_id: message.id.clone(),
-                };
-                state
-                    .in_flight
-                    .insert(delivery, InFlight { stored, deadline });
-                Ok(Taken::Job(Box::new(Delivery {
-                    message,
-                    attempt,
-                    receipt: Receipt::new(topic, group, consumer, token),
-                })))
-            })?;
-            let (notify, wake_at) = match taken {
-                Taken::Job(delivery) => return Ok(Some(*delivery)),
-                Taken::Wait(notify, wake_at) => (notify, wake_at),
-            };
+            let mut topics = self.topics()?;
+            let state = topics
+                .entry(topic.to_owned())
+                .or_default()
+                .groups
+                .entry(group.to_owned())
+                .or_default();
+            state.dispatch(topic, group, now);
+            if let Some(stored) = state.ready.pop_front() {
+                return Ok(Some(state.hand_out(stored, to, now)));
+            }
             if now >= give_up {
                 return Ok(None);
             }
-            // A notification stored while nobody waited is kept by `Notify`,
-            // so an enqueue between the check above and this wait is not missed.
-            let _ = tokio::time::timeout_at(wake_at, notify.notified()).await;
-            if self.closed.load(Ordering::Acquire) {
-                return Err(Error::Closed("memory work queue"));
+            let (hand, taken) = oneshot::channel();
+            let id = state.sequence();
+            state.waiters.push_back(Waiter {
+                id,
+                consumer: consumer.to_owned(),
+                visibility: options.visibility_timeout,
+                hand,
+            });
+            let wake_at = state.next_due().map_or(give_up, |due| due.min(give_up));
+            (taken, id, wake_at)
+        };
+        let mut waiting = Waiting {
+            backend: self,
+            topic,
+            group,
+            id: waiting,
+            hand,
+        };
+        loop {
+            match tokio::time::timeout_at(wake_at, &mut waiting.hand).await {
+                Ok(Ok(delivery)) => return Ok(Some(delivery)),
+                // The sender went away: the store was closed.
+                Ok(Err(_)) => return Err(Error::Closed("memory work queue")),
+                Err(_) => {}
             }
+            // A retry came due or a delivery expired: hand it out in line order.
+            let now = Instant::now();
+            let mut topics = self.topics()?;
+            let Some(state) = topics
+                .get_mut(topic)
+                .and_then(|entry| entry.groups.get_mut(group))
+            else {
+                return Ok(None);
+            };
+            state.dispatch(topic, group, now);
+            if let Ok(delivery) = waiting.hand.try_recv() {
+                return Ok(Some(delivery));
+            }
+            if now >= give_up {
+                return Ok(None);
+            }
+            wake_at = state.next_due().map_or(give_up, |due| due.min(give_up));
         }
     }
 
@@ -294,8 +422,7 @@ impl WorkBackend for MemoryWorkBackend {
                     .delayed
                     .insert((Instant::now() + delay, sequence), failed.stored);
             }
-            // Wakes a waiter so it recomputes when to look again.
-            state.notify.notify_one();
+            state.dispatch(&topic, &group, Instant::now());
             Ok(())
         })
     }
@@ -322,12 +449,13 @@ impl WorkBackend for MemoryWorkBackend {
 
     async fn close(&self) -> Result<()> {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            let topics = self
-                .topics
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for group in topics.values().flat_map(|topic| topic.groups.values()) {
-                group.notify.notify_waiters();
+            let mut topics = self.lock();
+            for group in topics
+                .values_mut()
+                .flat_map(|topic| topic.groups.values_mut())
+            {
+                // Dropping the senders tells every waiting consumer.
+                group.waiters.clear();
             }
         }
         Ok(())
