@@ -650,6 +650,26 @@ pub async fn closed_queue_refuses_work(backends: BackendsFactory) {
         queue.stats(&topic, "default").await,
         Err(Error::Closed(_))
     ));
+
+    // A closed backend refuses work with the same typed error.
+    let backend = (backends.connect)().await;
+    backend.close().await.unwrap();
+    backend
+        .close()
+        .await
+        .expect("closing a backend is idempotent");
+    let options = eventforge::WorkOptions::default();
+    let job = eventforge::Message::new(topic.as_str(), 1).unwrap();
+    assert!(matches!(
+        backend.enqueue(&options, job).await,
+        Err(Error::Closed(_))
+    ));
+    assert!(matches!(
+        backend
+            .receive(&options, &topic, "default", "c", Duration::from_millis(10))
+            .await,
+        Err(Error::Closed(_))
+    ));
 }
 
 /// 5,000 jobs flow while the consumer crashes and restarts five times:

@@ -30,6 +30,17 @@ pub enum JobEvent {
 }
 
 impl JobEvent {
+    /// Every event, in the order of a job's life.
+    pub const ALL: [JobEvent; 7] = [
+        JobEvent::EnqueueJob,
+        JobEvent::StartJob,
+        JobEvent::CompleteJob,
+        JobEvent::FailedJob,
+        JobEvent::RetryJob,
+        JobEvent::DeadLetterJob,
+        JobEvent::Summary,
+    ];
+
     /// The event's name, the last segment of its topic.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -175,6 +175,7 @@ pub struct WorkStats {
 #[derive(Debug)]
 pub struct WorkQueueBuilder {
     backend: Arc<dyn WorkBackend>,
+    owns_backend: bool,
     options: WorkOptions,
     retry_delay: Duration,
     events: Option<MessageQueue>,
@@ -248,6 +249,7 @@ impl WorkQueueBuilder {
         WorkQueue {
             inner: Arc::new(Inner {
                 backend: self.backend,
+                owns_backend: self.owns_backend,
                 options: self.options,
                 dead_letter_options,
                 retry_delay: self.retry_delay,
@@ -275,6 +277,8 @@ pub struct WorkQueue {
 
 struct Inner {
     backend: Arc<dyn WorkBackend>,
+    /// Whether `close` closes the backend too (not when it is shared).
+    owns_backend: bool,
     options: WorkOptions,
     dead_letter_options: WorkOptions,
     retry_delay: Duration,
@@ -291,10 +295,30 @@ struct Inner {
     summary_started: AtomicBool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TopicRecord {
     counts: JobCounts,
     groups: HashSet<String>,
+    /// `_events.<topic>.<event>` for each event, made once.
+    event_topics: HashMap<JobEvent, String>,
+}
+
+impl TopicRecord {
+    fn new(topic: &str) -> Self {
+        let event_topics = JobEvent::ALL
+            .iter()
+            .map(|&event| (event, event.topic_for(topic)))
+            .collect();
+        Self {
+            counts: JobCounts::default(),
+            groups: HashSet::new(),
+            event_topics,
+        }
+    }
+
+    fn event_topic(&self, event: JobEvent) -> &str {
+        &self.event_topics[&event]
+    }
 }
 
 impl fmt::Debug for WorkQueue {
@@ -319,13 +343,18 @@ impl WorkQueue {
 
     /// Settings for a queue over `backend`.
     pub fn builder(backend: impl WorkBackend) -> WorkQueueBuilder {
-        Self::builder_shared(Arc::new(backend))
+        let mut builder = Self::builder_shared(Arc::new(backend));
+        builder.owns_backend = true;
+        builder
     }
 
-    /// Settings for a queue over a backend shared with other queues.
+    /// Settings for a queue over a backend shared with other queues (one
+    /// connection for several queues, say). Closing the queue leaves such a
+    /// backend open; close it with [`WorkBackend::close`].
     pub fn builder_shared(backend: Arc<dyn WorkBackend>) -> WorkQueueBuilder {
         WorkQueueBuilder {
             backend,
+            owns_backend: false,
             options: WorkOptions::default(),
             retry_delay: Duration::ZERO,
             events: None,
@@ -382,8 +411,11 @@ impl WorkQueue {
             .backend
             .enqueue(&self.inner.options, message)
             .await?;
-        let mut event = self.inner.event(JobEvent::EnqueueJob, &topic, &id);
-        event.enqueued_at = Some(enqueued_at);
+        let event = self.inner.event(JobEvent::EnqueueJob, &topic, &id);
+        let event = event.map(|event| JobEventPayload {
+            enqueued_at: Some(enqueued_at),
+            ..event
+        });
         self.inner.emit(event).await;
         Ok(id)
     }
@@ -528,7 +560,8 @@ impl WorkQueue {
     }
 
     /// Stops every consumer (each finishes the job in hand), stops the
-    /// summary events and closes the backend. Idempotent.
+    /// summary events and closes the backend unless it is shared (see
+    /// [`builder_shared`](Self::builder_shared)). Idempotent.
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -536,7 +569,10 @@ impl WorkQueue {
         self.inner.closing.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-        self.inner.backend.close().await
+        if self.inner.owns_backend {
+            self.inner.backend.close().await?;
+        }
+        Ok(())
     }
 
     /// True once [`close`](Self::close) has been called.
@@ -601,18 +637,30 @@ impl Inner {
             .unwrap_or_default()
     }
 
-    /// Counts `event` and returns its payload with the counts after it.
-    fn event(&self, event: JobEvent, topic: &str, job_id: &str) -> JobEventPayload {
-        let counts = {
+    /// Counts `event` and, when somebody may listen to it, returns its
+    /// payload with the counts after it. The payload is only built for a
+    /// listener: this runs for every step of every job.
+    fn event(&self, event: JobEvent, topic: &str, job_id: &str) -> Option<JobEventPayload> {
+        let (counts, listened) = {
             let mut all = self
                 .counts
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let record = all.entry(topic.to_owned()).or_default();
+            let record = match all.get_mut(topic) {
+                Some(record) => record,
+                None => all
+                    .entry(topic.to_owned())
+                    .or_insert_with(|| TopicRecord::new(topic)),
+            };
             record.counts.record(event);
-            record.counts
+            let listened = self
+                .events
+                .transport()
+                .has_subscribers(record.event_topic(event))
+                != Some(false);
+            (record.counts, listened)
         };
-        JobEventPayload {
+        listened.then(|| JobEventPayload {
             event,
             job_id: job_id.to_owned(),
             topic: topic.to_owned(),
@@ -625,27 +673,49 @@ impl Inner {
             reason: None,
             delay: None,
             counts,
-        }
+        })
     }
 
-    /// An event about one delivery.
-    fn delivery_event(&self, event: JobEvent, job: &JobState) -> JobEventPayload {
-        let mut payload = self.event(event, &job.receipt.topic, &job.message.id);
-        payload.group = Some(job.receipt.group.clone());
-        payload.attempt = Some(job.attempt);
-        payload.enqueued_at = job
-            .message
-            .headers
-            .get(ENQUEUED_AT_HEADER)
-            .and_then(Value::as_f64);
-        payload
+    /// An event about one delivery of `message` to `group`.
+    fn delivery_event(
+        &self,
+        event: JobEvent,
+        topic: &str,
+        group: &str,
+        message: &Message,
+        attempt: u32,
+    ) -> Option<JobEventPayload> {
+        let payload = self.event(event, topic, &message.id)?;
+        Some(JobEventPayload {
+            group: Some(group.to_owned()),
+            attempt: Some(attempt),
+            enqueued_at: message
+                .headers
+                .get(ENQUEUED_AT_HEADER)
+                .and_then(Value::as_f64),
+            ..payload
+        })
+    }
+
+    /// An event about the job in hand.
+    fn job_event(&self, event: JobEvent, job: &JobState) -> Option<JobEventPayload> {
+        let receipt = &job.receipt;
+        self.delivery_event(
+            event,
+            &receipt.topic,
+            &receipt.group,
+            &job.message,
+            job.attempt,
+        )
     }
 
     /// Publishes a lifecycle event; a failure is logged, never passed on:
     /// events are observability, not part of the job's fate.
-    async fn emit(&self, payload: JobEventPayload) {
-        let topic = payload.event.topic_for(&payload.topic);
-        self.publish(&topic, &payload).await;
+    async fn emit(&self, payload: Option<JobEventPayload>) {
+        if let Some(payload) = payload {
+            let topic = payload.event.topic_for(&payload.topic);
+            self.publish(&topic, &payload).await;
+        }
     }
 
     async fn publish(&self, topic: &str, payload: &impl Serialize) {
@@ -730,13 +800,21 @@ impl Inner {
             RETRY_COUNT_HEADER.into(),
             Value::from(attempt.saturating_sub(1)),
         );
-        self.counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(receipt.topic.clone())
-            .or_default()
-            .groups
-            .insert(receipt.group.clone());
+        {
+            let mut all = self
+                .counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let record = match all.get_mut(&receipt.topic) {
+                Some(record) => record,
+                None => all
+                    .entry(receipt.topic.clone())
+                    .or_insert_with(|| TopicRecord::new(&receipt.topic)),
+            };
+            if !record.groups.contains(&receipt.group) {
+                record.groups.insert(receipt.group.clone());
+            }
+        }
         let state = JobState {
             message,
             attempt,
@@ -751,8 +829,7 @@ impl Inner {
             }
             return None;
         }
-        self.emit(self.delivery_event(JobEvent::StartJob, &state))
-            .await;
+        self.emit(self.job_event(JobEvent::StartJob, &state)).await;
         Some(Job {
             state: Some(state),
             inner: Arc::clone(self),
@@ -761,20 +838,33 @@ impl Inner {
 
     async fn ack(&self, job: JobState) -> Result<()> {
         let duration = job.started.elapsed().as_secs_f64();
-        let mut event = self.delivery_event(JobEvent::CompleteJob, &job);
-        event.duration = Some(duration);
-        self.backend.ack(job.receipt).await?;
-        self.emit(event).await;
+        let JobState {
+            message,
+            attempt,
+            receipt,
+            ..
+        } = job;
+        let (topic, group) = (receipt.topic.clone(), receipt.group.clone());
+        self.backend.ack(receipt).await?;
+        let event = self.delivery_event(JobEvent::CompleteJob, &topic, &group, &message, attempt);
+        self.emit(event.map(|event| JobEventPayload {
+            duration: Some(duration),
+            ..event
+        }))
+        .await;
         Ok(())
     }
 
     /// Settles a failed try: retry, or dead letter when asked to or when
     /// the tries are used up.
     async fn fail(&self, job: JobState, error: String, action: Nack) -> Result<()> {
-        let mut event = self.delivery_event(JobEvent::FailedJob, &job);
-        event.duration = Some(job.started.elapsed().as_secs_f64());
-        event.error = Some(error.clone());
-        self.emit(event).await;
+        let event = self.job_event(JobEvent::FailedJob, &job);
+        self.emit(event.map(|event| JobEventPayload {
+            duration: Some(job.started.elapsed().as_secs_f64()),
+            error: Some(error.clone()),
+            ..event
+        }))
+        .await;
         let delay = match action {
             Nack::DeadLetter(reason) => return self.dead_letter(job, &reason, &error).await,
             _ if job.attempt > self.options.max_retries => {
@@ -783,13 +873,21 @@ impl Inner {
             Nack::Requeue => Duration::ZERO,
             Nack::Delay(delay) => delay,
         };
-        let mut event = self.delivery_event(JobEvent::RetryJob, &job);
-        event.delay = Some(delay.as_secs_f64());
-        event.error = Some(error);
-        self.backend
-            .retry(&self.options, job.receipt, delay)
-            .await?;
-        self.emit(event).await;
+        let JobState {
+            message,
+            attempt,
+            receipt,
+            ..
+        } = job;
+        let (topic, group) = (receipt.topic.clone(), receipt.group.clone());
+        self.backend.retry(&self.options, receipt, delay).await?;
+        let event = self.delivery_event(JobEvent::RetryJob, &topic, &group, &message, attempt);
+        self.emit(event.map(|event| JobEventPayload {
+            delay: Some(delay.as_secs_f64()),
+            error: Some(error),
+            ..event
+        }))
+        .await;
         Ok(())
     }
 
@@ -819,9 +917,6 @@ impl Inner {
             );
             return Err(stored);
         }
-        let mut event = self.delivery_event(JobEvent::DeadLetterJob, &job);
-        event.reason = Some(reason.to_owned());
-        event.error = Some(error.to_owned());
         tracing::warn!(
             job_id = %job.message.id,
             topic = %original,
@@ -830,8 +925,27 @@ impl Inner {
             %error,
             "job sent to the dead-letter topic"
         );
-        self.backend.ack(job.receipt).await?;
-        self.emit(event).await;
+        let JobState {
+            message,
+            attempt,
+            receipt,
+            ..
+        } = job;
+        let group = receipt.group.clone();
+        self.backend.ack(receipt).await?;
+        let event = self.delivery_event(
+            JobEvent::DeadLetterJob,
+            &original,
+            &group,
+            &message,
+            attempt,
+        );
+        self.emit(event.map(|event| JobEventPayload {
+            reason: Some(reason.to_owned()),
+            error: Some(error.to_owned()),
+            ..event
+        }))
+        .await;
         Ok(())
     }
 }
