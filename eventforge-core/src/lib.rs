@@ -5,6 +5,7 @@
 //! |----------------|----------------------|-------------------------------------|
 //! | pub-sub        | [`MessageQueue`] on [`MemoryTransport`] | [`MessageQueue`] on a network transport |
 //! | request-reply  | [`MessageQueue::request`] | the same, over TCP, Redis or NATS |
+//! | work queue     | [`WorkQueue`] on [`MemoryWorkBackend`] | [`WorkQueue`] on a durable [`WorkBackend`] |
 //!
 //! Local versus remote lives in the [`Transport`] only: code written against
 //! a [`MessageQueue`] runs unchanged on every transport.
