@@ -103,8 +103,9 @@ impl JobCounts {
 ///
 /// ```json
 /// {"event": "complete_job", "job_id": "…", "topic": "emails", "group": "default",
-///  "attempt": 1, "enqueued_at": 1763800000.12, "timestamp": 1763800000.15,
-///  "duration": 0.002, "counts": {"enqueued": 10, "started": 4, …}}
+///  "attempt": 1, "enqueued_at": "2026-11-22T13:50:00.120000+00:00",
+///  "timestamp": "2026-11-22T13:50:00.150000+00:00", "duration": 0.002,
+///  "counts": {"enqueued": 10, "started": 4, …}}
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEventPayload {
@@ -120,11 +121,11 @@ pub struct JobEventPayload {
     /// Which try this is (1 for the first); absent for `enqueue_job`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
-    /// When the job was enqueued, Unix seconds.
+    /// When the job was enqueued (ISO 8601, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enqueued_at: Option<f64>,
-    /// When this event happened, Unix seconds.
-    pub timestamp: f64,
+    pub enqueued_at: Option<String>,
+    /// When this event happened (ISO 8601, UTC).
+    pub timestamp: String,
     /// Seconds the try took, for `complete_job` and `failed_job`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<f64>,
@@ -159,8 +160,8 @@ pub struct Summary {
     pub event: JobEvent,
     /// The work-queue topic.
     pub topic: String,
-    /// When the figures were read, Unix seconds.
-    pub timestamp: f64,
+    /// When the figures were read (ISO 8601, UTC).
+    pub timestamp: String,
     /// Queue-wide figures per group this handle knows of.
     pub groups: HashMap<String, GroupSummary>,
     /// This handle's counts on the topic.

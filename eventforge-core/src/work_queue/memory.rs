@@ -415,7 +415,8 @@ impl WorkBackend for MemoryWorkBackend {
             };
             state.deadlines.remove(&(failed.deadline, token.delivery));
             if delay.is_zero() {
-                state.ready.push_back(failed.stored);
+                // First in line, as the Python peer requeues.
+                state.ready.push_front(failed.stored);
             } else {
                 let sequence = state.sequence();
                 state

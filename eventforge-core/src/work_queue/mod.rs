@@ -65,7 +65,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -87,15 +87,27 @@ use crate::topic::validate_topic;
 pub const RETRY_COUNT_HEADER: &str = "_wq_retry_count";
 /// Header: the topic the job was enqueued on (kept on dead letters).
 pub const ORIGINAL_TOPIC_HEADER: &str = "_wq_original_topic";
-/// Header: when the job was enqueued, Unix seconds.
+/// Header: when the job was enqueued, ISO 8601 in UTC (`2026-11-22T13:50:00.123456+00:00`).
 pub const ENQUEUED_AT_HEADER: &str = "_wq_enqueued_at";
 /// Header: the visibility timeout the job was enqueued with, in seconds.
 pub const VISIBILITY_TIMEOUT_HEADER: &str = "_wq_visibility_timeout";
-/// Header on a dead letter: why it was dead-lettered (`max_retries` or the
-/// reason given to [`Nack::DeadLetter`]).
+/// Header on a dead letter: why it was dead-lettered, one of
+/// [`REASON_MAX_RETRIES`], [`REASON_REJECTED`], [`REASON_VISIBILITY_TIMEOUT`].
 pub const DEAD_LETTER_REASON_HEADER: &str = "_wq_dead_letter_reason";
-/// Header on a dead letter: the error of the last failed try.
+/// Header on a dead letter: when it was dead-lettered (ISO 8601, UTC).
+pub const DEAD_LETTERED_AT_HEADER: &str = "_wq_dead_lettered_at";
+/// Header on a dead letter: the id of the job it comes from (a dead letter
+/// is a new message with an id of its own).
+pub const ORIGINAL_ID_HEADER: &str = "_wq_original_id";
+/// Header on a dead letter: the error of the last failed try (for a
+/// [`Nack::DeadLetter`], its reason).
 pub const LAST_ERROR_HEADER: &str = "_wq_last_error";
+/// Dead-letter reason: every try failed.
+pub const REASON_MAX_RETRIES: &str = "max_retries_exceeded";
+/// Dead-letter reason: the consumer rejected the job ([`Nack::DeadLetter`]).
+pub const REASON_REJECTED: &str = "nack_no_requeue";
+/// Dead-letter reason: the last try was neither acked nor nacked in time.
+pub const REASON_VISIBILITY_TIMEOUT: &str = "visibility_timeout_exceeded";
 /// Header on a dead letter: the group whose tries failed.
 pub const GROUP_HEADER: &str = "_wq_group";
 /// The suffix of the dead-letter topic: jobs of `orders` that fail for good
@@ -183,8 +195,8 @@ pub struct WorkQueueBuilder {
 }
 
 impl WorkQueueBuilder {
-    /// Failed tries retried before a job is dead-lettered (default 3, so at
-    /// most 4 tries).
+    /// Most tries of a job before it is dead-lettered (default 3; as in the
+    /// Python peer, the first delivery counts, and 0 behaves as 1).
     pub fn max_retries(mut self, max_retries: u32) -> Self {
         self.options.max_retries = max_retries;
         self
@@ -393,14 +405,14 @@ impl WorkQueue {
         self.check_open()?;
         validate_topic(&message.topic)?;
         self.start_summary();
-        let enqueued_at = unix_now();
+        let enqueued_at = iso_now();
         let headers = &mut message.headers;
         headers.insert(RETRY_COUNT_HEADER.into(), Value::from(0));
         headers.insert(
             ORIGINAL_TOPIC_HEADER.into(),
             Value::from(message.topic.clone()),
         );
-        headers.insert(ENQUEUED_AT_HEADER.into(), Value::from(enqueued_at));
+        headers.insert(ENQUEUED_AT_HEADER.into(), Value::from(enqueued_at.clone()));
         headers.insert(
             VISIBILITY_TIMEOUT_HEADER.into(),
             Value::from(self.inner.options.visibility_timeout.as_secs_f64()),
@@ -667,7 +679,7 @@ impl Inner {
             group: None,
             attempt: None,
             enqueued_at: None,
-            timestamp: unix_now(),
+            timestamp: iso_now(),
             duration: None,
             error: None,
             reason: None,
@@ -692,7 +704,8 @@ impl Inner {
             enqueued_at: message
                 .headers
                 .get(ENQUEUED_AT_HEADER)
-                .and_then(Value::as_f64),
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             ..payload
         })
     }
@@ -780,7 +793,7 @@ impl Inner {
             let summary = Summary {
                 event: JobEvent::Summary,
                 topic: topic.clone(),
-                timestamp: unix_now(),
+                timestamp: iso_now(),
                 groups: figures,
                 counts,
             };
@@ -821,10 +834,13 @@ impl Inner {
             receipt,
             started: Instant::now(),
         };
-        if attempt > self.options.max_retries.saturating_add(1) {
+        if attempt > self.options.max_tries() {
             // Its last try timed out in flight (a crashed or stuck consumer).
             let error = "visibility timeout expired on the last try".to_owned();
-            if let Err(failed) = self.dead_letter(state, "max_retries", &error).await {
+            if let Err(failed) = self
+                .dead_letter(state, REASON_VISIBILITY_TIMEOUT, &error)
+                .await
+            {
                 tracing::warn!(error = %failed, "job with no tries left not dead-lettered yet");
             }
             return None;
@@ -866,9 +882,11 @@ impl Inner {
         }))
         .await;
         let delay = match action {
-            Nack::DeadLetter(reason) => return self.dead_letter(job, &reason, &error).await,
-            _ if job.attempt > self.options.max_retries => {
-                return self.dead_letter(job, "max_retries", &error).await;
+            Nack::DeadLetter(_) => {
+                return self.dead_letter(job, REASON_REJECTED, &error).await;
+            }
+            _ if job.attempt >= self.options.max_tries() => {
+                return self.dead_letter(job, REASON_MAX_RETRIES, &error).await;
             }
             Nack::Requeue => Duration::ZERO,
             Nack::Delay(delay) => delay,
@@ -895,9 +913,18 @@ impl Inner {
     /// crash in between leaves a duplicate dead letter, never a lost job.
     async fn dead_letter(&self, job: JobState, reason: &str, error: &str) -> Result<()> {
         let original = job.receipt.topic.clone();
+        // A dead letter is a new message, as the Python peer makes it; it
+        // names the job it comes from.
         let mut letter = job.message.clone();
         letter.topic = dead_letter_topic(&original);
+        letter.id = crate::message::new_id();
+        letter.timestamp = crate::message::now();
         let headers = &mut letter.headers;
+        headers.insert(
+            ORIGINAL_ID_HEADER.into(),
+            Value::from(job.message.id.clone()),
+        );
+        headers.insert(DEAD_LETTERED_AT_HEADER.into(), Value::from(iso_now()));
         headers.insert(DEAD_LETTER_REASON_HEADER.into(), Value::from(reason));
         headers.insert(LAST_ERROR_HEADER.into(), Value::from(error));
         headers.insert(GROUP_HEADER.into(), Value::from(job.receipt.group.clone()));
@@ -1204,8 +1231,9 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64())
+/// Now as the Python peer writes it: ISO 8601, UTC, microseconds, `+00:00`.
+fn iso_now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        .to_string()
 }
