@@ -117,8 +117,10 @@ pub const DEAD_LETTER_SUFFIX: &str = "dead_letter";
 /// How long a push consumer waits on the backend before looking at its stop
 /// signal again.
 const POLL: Duration = Duration::from_secs(1);
-/// Pause after a backend error before a push consumer tries again.
-const ERROR_PAUSE: Duration = Duration::from_millis(200);
+/// First pause after a backend error before a push consumer tries again;
+/// it doubles with each error in a row, up to `MAX_ERROR_PAUSE`.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+const MAX_ERROR_PAUSE: Duration = Duration::from_secs(5);
 
 /// The dead-letter topic of `topic`.
 pub fn dead_letter_topic(topic: &str) -> String {
@@ -1144,6 +1146,7 @@ impl ConsumerLoop {
         E: Into<BoxError> + 'static,
     {
         let inner = &self.inner;
+        let mut pause = ERROR_PAUSE;
         loop {
             let received = tokio::select! {
                 biased;
@@ -1154,21 +1157,27 @@ impl ConsumerLoop {
             };
             let delivery = match received {
                 Ok(Some(delivery)) => delivery,
-                Ok(None) => continue,
+                Ok(None) => {
+                    pause = ERROR_PAUSE;
+                    continue;
+                }
                 Err(Error::Closed(_)) => return,
                 Err(error) => {
                     tracing::warn!(
                         topic = %self.topic,
                         group = %self.group,
                         %error,
-                        "work queue consumer could not receive; trying again"
+                        "work queue consumer could not receive; trying again in {pause:?}"
                     );
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
-                        _ = tokio::time::sleep(ERROR_PAUSE) => continue,
+                        _ = tokio::time::sleep(pause) => {}
                     }
+                    pause = (pause * 2).min(MAX_ERROR_PAUSE);
+                    continue;
                 }
             };
+            pause = ERROR_PAUSE;
             let Some(mut job) = inner.start(delivery).await else {
                 continue;
             };
