@@ -39,10 +39,42 @@
 //! # Deliveries
 //!
 //! `attempt` is the server's delivery count of the message. A retry is a
-//! `NAK` with the delay, so only that group's consumer sees the job again.
-//! Acks and NAKs are confirmed by the server (a request, answered once the
-//! server has applied it), so a successful [`ack`](WorkBackend::ack) means
-//! the job is settled, and stats and `max_size` agree with it at once.
+//! `NAK` with the delay, so only that group's consumer sees the job again;
+//! the server confirms it before [`retry`](WorkBackend::retry) returns.
+//! An [`ack`](WorkBackend::ack) is sent without waiting for the server
+//! (waiting costs a round trip per job, which kept two consumers near a
+//! third of the throughput): [`stats`](WorkBackend::stats), an
+//! [`enqueue`](WorkBackend::enqueue) the server refuses as full, and
+//! [`close`](WorkBackend::close) first confirm this process's acks (one
+//! confirmed ack per consumer: the server applies a consumer's acks in
+//! order), so figures and `max_size` count every ack that returned. An
+//! ack lost with the connection before the server applied it makes the
+//! job come back after the visibility timeout, as at-least-once allows.
+//! [`JetStreamBackend::settle`] confirms on demand.
+//!
+//! JetStream accepts an ack of an expired delivery (and applies it to the
+//! newer one), so the backend tells expiry itself: an ack or retry of a
+//! delivery that arrived more than the visibility timeout ago, or that
+//! this process has received again since, is not sent and fails with
+//! [`Error::DeliveryExpired`]; the later delivery owns the job.
+//!
+//! Jobs are published with the message id as `Nats-Msg-Id`, so a producer
+//! that retries an enqueue after a lost confirmation stores the job once
+//! (within the stream's duplicate window, two minutes by default).
+//!
+//! # Stats
+//!
+//! From the group's consumer: `pending` = `num_pending` (not yet
+//! delivered), `in_flight` = `num_ack_pending`. JetStream counts as ack
+//! pending some jobs the queue counts as waiting: jobs a NAK put back
+//! (delayed or not) until they are delivered again, deliveries that
+//! expired, and jobs a feed prefetched but no `receive` took. For what this
+//! process did (its prefetch, its retries, its expired deliveries) the
+//! backend moves them from `in_flight` to `pending`, after a round trip
+//! that makes sure every delivery the server sent before its figures has
+//! arrived; so the figures are exact when the queue is quiet and one
+//! process uses it. Another process's prefetched and retried jobs show as
+//! in flight.
 //!
 //! Each (topic, group) pair used by `receive` in a process has one pull
 //! feed: it asks the server for up to [`batch_size`] jobs at a time and
@@ -387,6 +419,19 @@ impl JetStreamBackend {
         }
     }
 
+    /// Waits until the server has applied every ack this backend sent.
+    ///
+    /// [`ack`](WorkBackend::ack) returns once the ack is sent, without a
+    /// round trip per job; [`stats`](WorkBackend::stats), a refused
+    /// [`enqueue`](WorkBackend::enqueue) and [`close`](WorkBackend::close)
+    /// confirm this process's acks before they answer, so their figures
+    /// and refusals already count them. Call this before reading the
+    /// server's state by other means.
+    pub async fn settle(&self) -> Result<()> {
+        self.check_connected()?;
+        self.shared.confirm_acks(None).await.map(|_| ())
+    }
+
     /// Counts the times the connection was re-established; wait on it
     /// with [`watch::Receiver::wait_for`].
     pub fn reconnections(&self) -> watch::Receiver<u64> {
@@ -574,6 +619,21 @@ impl Shared {
         .cloned()
     }
 
+    /// Confirms the acks of every feed (of `topic` only, if given); true
+    /// when some were waiting for confirmation.
+    async fn confirm_acks(&self, topic: Option<&str>) -> Result<bool> {
+        let feeds: Vec<Arc<Feed>> = lock(&self.feeds)
+            .iter()
+            .filter(|((t, _), _)| topic.is_none_or(|topic| topic == t))
+            .filter_map(|(_, cell)| cell.get().cloned())
+            .filter(|feed| feed.state().unconfirmed.is_some())
+            .collect();
+        for feed in &feeds {
+            feed.confirm().await?;
+        }
+        Ok(!feeds.is_empty())
+    }
+
     fn existing_feed(&self, topic: &str, group: &str) -> Option<Arc<Feed>> {
         lock(&self.feeds)
             .get(&(topic.to_owned(), group.to_owned()))
@@ -654,6 +714,9 @@ struct Feed {
     group: String,
     consumer: PullConsumer,
     client: async_nats::Client,
+    // Handed to every job it receives (a new context per job would start
+    // a task each time).
+    js: jetstream::Context,
     // Where this feed's pull requests are answered: `<inbox>.<n>`, and
     // `<inbox>.sync` for round trips.
     inbox: String,
@@ -680,6 +743,10 @@ struct FeedState {
     // sequence, with when they are due: the server counts them as ack
     // pending, the queue as pending.
     retried: HashMap<u64, Instant>,
+    // The ack subject of the last ack or term sent without waiting for the
+    // server, until a confirmed ack on it proves the server applied it
+    // (and, in order, every earlier one of this consumer).
+    unconfirmed: Option<async_nats::Subject>,
     // Round trips through the server waiting to complete.
     syncs: HashMap<u64, oneshot::Sender<()>>,
     next_sync: u64,
@@ -744,6 +811,7 @@ impl Feed {
             group: group.to_owned(),
             consumer,
             client: shared.client.clone(),
+            js: shared.js.clone(),
             inbox,
             ack_wait,
             batch: shared.options.batch_size,
@@ -885,7 +953,7 @@ impl Feed {
         }
         let message = jetstream::Message {
             message,
-            context: jetstream::new(self.client.clone()),
+            context: self.js.clone(),
         };
         let (stream_sequence, delivered) = match message.info() {
             Ok(info) => (
@@ -952,6 +1020,39 @@ impl Feed {
         drop(state);
         // Every waiting receive decides again (one of them pulls anew).
         self.arrived.notify_waiters();
+    }
+
+    /// Sends an ack or term without waiting for the server; see
+    /// [`confirm`](Self::confirm).
+    async fn send_ack(&self, message: &jetstream::Message, kind: AckKind) -> Result<()> {
+        let Some(reply) = message.reply.clone() else {
+            return Err(Error::transport(TRANSPORT, "not a JetStream delivery"));
+        };
+        self.client
+            .publish(reply.clone(), Bytes::from(kind))
+            .await
+            .map_err(|e| Error::transport(TRANSPORT, e))?;
+        self.state().unconfirmed = Some(reply);
+        Ok(())
+    }
+
+    /// Waits until the server has applied every ack and term this feed
+    /// sent: the server handles one consumer's acks in order, so a
+    /// confirmed ack sent after them (on the last one's subject; acking a
+    /// settled delivery again changes nothing) proves it.
+    async fn confirm(&self) -> Result<()> {
+        let Some(reply) = self.state().unconfirmed.clone() else {
+            return Ok(());
+        };
+        self.client
+            .request(reply.clone(), Bytes::from(AckKind::Ack))
+            .await
+            .map_err(|e| Error::transport(TRANSPORT, e))?;
+        let mut state = self.state();
+        if state.unconfirmed.as_ref() == Some(&reply) {
+            state.unconfirmed = None;
+        }
+        Ok(())
     }
 
     /// A round trip through the server on this feed's inbox: once it is
@@ -1182,6 +1283,13 @@ impl WorkBackend for JetStreamBackend {
             topic = self.shared.topic(options, &job.topic).await?;
             outcome = self.publish(&topic, &job).await?;
         }
+        if let PublishOutcome::Full = outcome {
+            // Acks of this process the server has not applied yet may be
+            // what fills the stream: once they are, the refusal is exact.
+            if self.shared.confirm_acks(Some(&job.topic)).await? {
+                outcome = self.publish(&topic, &job).await?;
+            }
+        }
         match outcome {
             PublishOutcome::Stored => Ok(()),
             PublishOutcome::Full => Err(Error::QueueFull {
@@ -1233,7 +1341,7 @@ impl WorkBackend for JetStreamBackend {
                                 .fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(topic, group, stream_sequence = arrival.stream_sequence, %error,
                                 skipped_so_far = n + 1, "work queue entry is not an eventforge Message; terminated");
-                            if let Err(error) = arrival.message.ack_with(AckKind::Term).await {
+                            if let Err(error) = feed.send_ack(&arrival.message, AckKind::Term).await {
                                 tracing::debug!(%error, "terminating an undecodable job failed");
                             }
                             continue;
@@ -1286,7 +1394,7 @@ impl WorkBackend for JetStreamBackend {
                 job_id: token.job_id,
             });
         }
-        confirmed(&token.message, AckKind::Ack).await?;
+        feed.send_ack(&token.message, AckKind::Ack).await?;
         feed.settled(&token);
         Ok(())
     }
@@ -1328,6 +1436,11 @@ impl WorkBackend for JetStreamBackend {
         check_topic(topic)?;
         self.check_connected()?;
         let stream = self.stream_name(topic);
+        let feed = self.shared.existing_feed(topic, group);
+        if let Some(feed) = &feed {
+            // The figures then count this process's acks.
+            feed.confirm().await?;
+        }
         let Some(info) = self.consumer_info(&stream, group).await? else {
             return Ok(BackendStats::default());
         };
@@ -1335,7 +1448,7 @@ impl WorkBackend for JetStreamBackend {
             pending: info.num_pending,
             in_flight: info.num_ack_pending as u64,
         };
-        if let Some(feed) = self.shared.existing_feed(topic, group) {
+        if let Some(feed) = feed {
             // Deliveries sent before the figures are then in the feed.
             feed.sync(self.shared.options.request_timeout).await?;
             let moved = feed.not_in_flight().min(stats.in_flight);
@@ -1348,6 +1461,9 @@ impl WorkBackend for JetStreamBackend {
     async fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        if let Err(error) = self.shared.confirm_acks(None).await {
+            tracing::warn!(%error, "jetstream acks not confirmed on close; their jobs may come back");
         }
         let feeds: Vec<Arc<Feed>> = lock(&self.shared.feeds)
             .drain()

@@ -106,8 +106,10 @@ fn figures(pending: u64, in_flight: u64) -> BackendStats {
     BackendStats { pending, in_flight }
 }
 
-/// Jobs the topic's stream holds, as the server reports it.
+/// Jobs the topic's stream holds, as the server reports it once it has
+/// applied `backend`'s acks.
 async fn stored(backend: &JetStreamBackend, topic: &str) -> u64 {
+    backend.settle().await.unwrap();
     let client = async_nats::connect(url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(backend.stream_name(topic)).await.unwrap();
