@@ -60,7 +60,11 @@
 //!
 //! Jobs are published with the message id as `Nats-Msg-Id`, so a producer
 //! that retries an enqueue after a lost confirmation stores the job once
-//! (within the stream's duplicate window, two minutes by default).
+//! (within the stream's duplicate window, two minutes by default). An
+//! enqueue that fails with [`Error::Transport`] after the job was sent (no
+//! confirmation in time) may still have stored it; enqueueing the same
+//! `Message` again is the safe retry. While the client knows it is
+//! disconnected, calls fail at once instead.
 //!
 //! # Stats
 //!
@@ -264,7 +268,12 @@ impl JetStreamBackendBuilder {
         check_topic(&self.subject_prefix)?;
         let counters = Arc::new(Counters::default());
         let (reconnections, _) = watch::channel(0);
-        let events = (Arc::clone(&counters), reconnections.clone());
+        let (disconnections, _) = watch::channel(0);
+        let events = (
+            Arc::clone(&counters),
+            reconnections.clone(),
+            disconnections.clone(),
+        );
         let (initial, max) = (self.initial_backoff, self.max_backoff);
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(self.request_timeout)
@@ -274,7 +283,7 @@ impl JetStreamBackendBuilder {
                 initial.saturating_mul(factor).min(max)
             })
             .event_callback(move |event| {
-                record_event(&events.0, &events.1, &event);
+                record_event(&events.0, (&events.1, &events.2), &event);
                 async {}
             });
         if let Some(name) = &self.name {
@@ -301,6 +310,7 @@ impl JetStreamBackendBuilder {
                 feeds: Mutex::new(HashMap::new()),
                 counters,
                 reconnections,
+                disconnections,
                 shutdown: CancellationToken::new(),
                 options: self,
             }),
@@ -309,9 +319,10 @@ impl JetStreamBackendBuilder {
     }
 }
 
+/// Counts connection events; `watches` are (reconnections, disconnections).
 fn record_event(
     counters: &Counters,
-    reconnections: &watch::Sender<u64>,
+    (reconnections, disconnections): (&watch::Sender<u64>, &watch::Sender<u64>),
     event: &async_nats::Event,
 ) {
     match event {
@@ -323,6 +334,7 @@ fn record_event(
             }
         }
         async_nats::Event::Disconnected => {
+            disconnections.send_modify(|n| *n += 1);
             tracing::warn!("jetstream connection lost; work-queue calls fail until it is back");
         }
         other => tracing::info!(event = %other, "jetstream connection event"),
@@ -367,8 +379,10 @@ struct Shared {
     // Pull feeds by (topic, group), made by the first `receive` of the pair.
     feeds: Mutex<HashMap<(String, String), FeedCell>>,
     counters: Arc<Counters>,
-    // Counts re-established connections, for callers that wait for one.
+    // Count re-established and lost connections, for callers that wait
+    // for one.
     reconnections: watch::Sender<u64>,
+    disconnections: watch::Sender<u64>,
     // Ends every feed's reader task.
     shutdown: CancellationToken,
     options: JetStreamBackendBuilder,
@@ -436,6 +450,12 @@ impl JetStreamBackend {
     /// with [`watch::Receiver::wait_for`].
     pub fn reconnections(&self) -> watch::Receiver<u64> {
         self.shared.reconnections.subscribe()
+    }
+
+    /// Counts the times the connection was lost; from then until it is
+    /// back, calls fail at once with [`Error::Transport`].
+    pub fn disconnections(&self) -> watch::Receiver<u64> {
+        self.shared.disconnections.subscribe()
     }
 
     /// The subject jobs of `topic` are published on.
@@ -752,12 +772,23 @@ struct FeedState {
     next_sync: u64,
     // The consumer or its stream is gone: the feed must be re-made.
     broken: Option<String>,
+    // Recent takes, which size the prefetch.
+    pace: Pace,
+}
+
+/// Jobs taken by `receive` in the current and the previous window.
+#[derive(Debug, Default)]
+struct Pace {
+    since: Option<Instant>,
+    taken_now: usize,
+    taken_before: usize,
 }
 
 #[derive(Debug)]
 struct Arrival {
     message: jetstream::Message,
     stream_sequence: u64,
+    consumer_sequence: u64,
     delivered: u64,
     at: Instant,
 }
@@ -857,6 +888,7 @@ impl Feed {
                     at: arrival.at,
                 },
             );
+            self.pace(&mut state, now).taken_now += 1;
             return Ok(Next::Take(Box::new(arrival)));
         }
         let live = state
@@ -867,13 +899,44 @@ impl Feed {
         }
         let request = PullRequest {
             id: state.next_request,
-            remaining: self.batch,
+            remaining: self.prefetch(&mut state, now),
             expires_at: now + time_left.clamp(MIN_PULL, MAX_PULL),
             epoch,
         };
         state.next_request += 1;
         state.request = Some(request);
         Ok(Next::Pull(request))
+    }
+
+    /// The window over which takes are counted, rolled forward to `now`.
+    fn pace<'s>(&self, state: &'s mut FeedState, now: Instant) -> &'s mut Pace {
+        let window = (self.ack_wait / 4).max(Duration::from_millis(10));
+        let pace = &mut state.pace;
+        let elapsed = pace.since.map(|since| now.duration_since(since));
+        match elapsed {
+            Some(elapsed) if elapsed < window => {}
+            Some(elapsed) if elapsed < window * 2 => {
+                pace.taken_before = pace.taken_now;
+                pace.taken_now = 0;
+                pace.since = Some(now);
+            }
+            _ => {
+                *pace = Pace {
+                    since: Some(now),
+                    ..Pace::default()
+                };
+            }
+        }
+        pace
+    }
+
+    /// How many jobs to hold: as many as `receive` took in the last quarter
+    /// of the visibility timeout (at least one, at most the batch size), so
+    /// a prefetched job waits about that long at the current pace rather
+    /// than expiring unhandled (which would cost it an attempt).
+    fn prefetch(&self, state: &mut FeedState, now: Instant) -> usize {
+        let pace = self.pace(state, now);
+        pace.taken_now.max(pace.taken_before).clamp(1, self.batch)
     }
 
     /// After a job was taken: keeps a request going while the group is busy.
@@ -884,12 +947,13 @@ impl Feed {
         let live = state
             .request
             .is_some_and(|r| r.epoch == epoch && now < r.expires_at);
-        if live || state.ready.len() >= self.batch / 2 || state.broken.is_some() {
+        let prefetch = self.prefetch(&mut state, now);
+        if live || state.ready.len() * 2 > prefetch || state.broken.is_some() {
             return None;
         }
         let request = PullRequest {
             id: state.next_request,
-            remaining: self.batch - state.ready.len(),
+            remaining: prefetch - state.ready.len(),
             expires_at: now + time_left.clamp(MIN_PULL, MAX_PULL),
             epoch,
         };
@@ -955,9 +1019,10 @@ impl Feed {
             message,
             context: self.js.clone(),
         };
-        let (stream_sequence, delivered) = match message.info() {
+        let (stream_sequence, consumer_sequence, delivered) = match message.info() {
             Ok(info) => (
                 info.stream_sequence,
+                info.consumer_sequence,
                 u64::try_from(info.delivered).unwrap_or(1),
             ),
             Err(error) => {
@@ -966,6 +1031,7 @@ impl Feed {
             }
         };
         let mut state = self.state();
+        let mut ended = false;
         // Jobs carry no request id: they count against the current request
         // (one at a time, so a late job of an older one is rare and costs at
         // most one batch of over-fetch).
@@ -973,6 +1039,7 @@ impl Feed {
             request.remaining = request.remaining.saturating_sub(1);
             if request.remaining == 0 {
                 state.request = None;
+                ended = true;
             }
         }
         // Back from a retry or an expiry: pending again, not in flight.
@@ -981,10 +1048,15 @@ impl Feed {
         state.ready.push_back(Arrival {
             message,
             stream_sequence,
+            consumer_sequence,
             delivered,
             at: Instant::now(),
         });
         drop(state);
+        if ended {
+            // Besides taking this job, some waiting receive must pull again.
+            self.arrived.notify_waiters();
+        }
         self.arrived.notify_one();
     }
 
@@ -1044,10 +1116,16 @@ impl Feed {
         let Some(reply) = self.state().unconfirmed.clone() else {
             return Ok(());
         };
-        self.client
+        match self
+            .client
             .request(reply.clone(), Bytes::from(AckKind::Ack))
             .await
-            .map_err(|e| Error::transport(TRANSPORT, e))?;
+        {
+            Ok(_) => {}
+            // The consumer is gone, and its acks with it.
+            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Err(error) => return Err(Error::transport(TRANSPORT, error)),
+        }
         let mut state = self.state();
         if state.unconfirmed.as_ref() == Some(&reply) {
             state.unconfirmed = None;
@@ -1088,10 +1166,12 @@ impl Feed {
         outcome
     }
 
-    /// Jobs the server counts as ack pending that the queue counts as
-    /// pending: prefetched and not handed out, retried and not yet back,
-    /// handed out and expired.
-    fn not_in_flight(&self) -> u64 {
+    /// Jobs the server counted as ack pending, when it had delivered up to
+    /// consumer sequence `delivered_up_to`, that the queue counts as
+    /// pending: prefetched and not handed out (delivered by then, or a
+    /// redelivery, which was ack pending before), retried and not yet
+    /// back, handed out and expired.
+    fn not_in_flight(&self, delivered_up_to: u64) -> u64 {
         let now = Instant::now();
         let mut state = self.state();
         // Forget what another process must have received by now.
@@ -1107,7 +1187,12 @@ impl Feed {
             .values()
             .filter(|h| now.duration_since(h.at) >= self.ack_wait)
             .count();
-        (state.ready.len() + state.retried.len() + expired) as u64
+        let prefetched = state
+            .ready
+            .iter()
+            .filter(|a| a.consumer_sequence <= delivered_up_to || a.delivered > 1)
+            .count();
+        (prefetched + state.retried.len() + expired) as u64
     }
 
     /// Stops the reader and gives prefetched jobs back at once.
@@ -1341,7 +1426,8 @@ impl WorkBackend for JetStreamBackend {
                                 .fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(topic, group, stream_sequence = arrival.stream_sequence, %error,
                                 skipped_so_far = n + 1, "work queue entry is not an eventforge Message; terminated");
-                            if let Err(error) = feed.send_ack(&arrival.message, AckKind::Term).await {
+                            if let Err(error) = feed.send_ack(&arrival.message, AckKind::Term).await
+                            {
                                 tracing::debug!(%error, "terminating an undecodable job failed");
                             }
                             continue;
@@ -1451,7 +1537,9 @@ impl WorkBackend for JetStreamBackend {
         if let Some(feed) = feed {
             // Deliveries sent before the figures are then in the feed.
             feed.sync(self.shared.options.request_timeout).await?;
-            let moved = feed.not_in_flight().min(stats.in_flight);
+            let moved = feed
+                .not_in_flight(info.delivered.consumer_sequence)
+                .min(stats.in_flight);
             stats.pending += moved;
             stats.in_flight -= moved;
         }

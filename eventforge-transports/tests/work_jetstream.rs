@@ -631,8 +631,14 @@ async fn jobs_survive_a_server_restart_and_the_backend_reconnects() {
         backend.enqueue(&options, message).await.unwrap();
     }
 
-    let reconnections = backend.reconnections();
+    let (mut disconnections, reconnections) = (backend.disconnections(), backend.reconnections());
     broker.stop().await;
+    // Once the client knows, calls fail at once (before, a publish may
+    // wait in the client and reach the server when it is back).
+    tokio::time::timeout(PATIENCE, disconnections.wait_for(|n| *n >= 1))
+        .await
+        .expect("disconnection noticed in time")
+        .unwrap();
     let down = backend.enqueue(&options, job(&topic, 1000)).await;
     assert!(matches!(down, Err(Error::Transport { .. })), "{down:?}");
     let down = backend.stats(&options, &topic, "default").await;
