@@ -32,6 +32,9 @@
 //!   instead leave such a job stranded in the stream, unacked and never
 //!   delivered again.
 //!
+//! With no declared groups, a job enqueued before any group exists is
+//! acknowledged by the server but not kept (nobody has interest in it).
+//!
 //! These settings are fixed when the stream and each consumer are created
 //! (by the first call that needs them); later calls with other
 //! [`WorkOptions`] do not change them.
@@ -344,34 +347,42 @@ fn record_event(
 /// A [`WorkBackend`] on NATS JetStream; see the [module docs](self) for
 /// how topics and groups map to streams and consumers.
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use eventforge_core::{Message, WorkBackend, WorkOptions};
 /// use eventforge_transports::jetstream::JetStreamBackend;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), eventforge_core::Error> {
+/// # let topic = format!("doc.orders.{}", eventforge_core::new_id());
+/// # let topic = topic.as_str(); // "orders.created" in real life
 /// let backend = JetStreamBackend::connect("nats://127.0.0.1:4222").await?;
 /// let options = WorkOptions::default();
-/// backend.enqueue(&options, Message::new("orders.created", 42)?).await?;
+/// backend.enqueue(&options, Message::new(topic, 42)?).await?;
 /// let delivery = backend
-///     .receive(&options, "orders.created", "default", "worker-1", Duration::from_secs(1))
+///     .receive(&options, topic, "default", "worker-1", Duration::from_secs(5))
 ///     .await?
 ///     .expect("the job just enqueued");
 /// assert_eq!((delivery.message.payload.as_i64(), delivery.attempt), (Some(42), 1));
 /// backend.ack(delivery.receipt).await?;
+/// # backend.delete_topic(topic).await?;
 /// backend.close().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct JetStreamBackend {
+    // What background tasks and receipts may outlive a call with.
     shared: Arc<Shared>,
+    // Set by `close`: every later call fails with `Error::Closed`.
     closed: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Shared {
+    // One connection for publishing, pulling and acking; the client
+    // reconnects by itself.
     client: async_nats::Client,
+    // Stream and consumer management and confirmed publishes.
     js: jetstream::Context,
     // Streams this process has made sure of, with their declared groups.
     // A cell per topic so concurrent first calls create it once.
@@ -394,7 +405,9 @@ type FeedCell = Arc<OnceCell<Arc<Feed>>>;
 /// A stream this process has made sure of.
 #[derive(Debug)]
 struct Topic {
+    // Where its jobs are published.
     subject: String,
+    // The stream's name (the subject, escaped).
     stream: String,
     // Consumers known to exist, by group, so each is created once.
     consumers: Mutex<HashMap<String, PullConsumer>>,
@@ -674,23 +687,6 @@ impl Shared {
             }
         }
     }
-
-    fn forget_feed(&self, feed: &Feed) {
-        let mut feeds = lock(&self.feeds);
-        let key = (feed.topic.clone(), feed.group.clone());
-        let same = feeds
-            .get(&key)
-            .and_then(|cell| cell.get())
-            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), feed));
-        if same {
-            feeds.remove(&key);
-        }
-        drop(feeds);
-        if let Some(topic) = lock(&self.topics).get(&feed.topic).and_then(|c| c.get()) {
-            lock(&topic.consumers).remove(&feed.group);
-        }
-        feed.stop.cancel();
-    }
 }
 
 /// True for a JetStream "not found" answer (stream or consumer).
@@ -730,9 +726,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// receive dropped while waiting loses nothing.
 #[derive(Debug)]
 struct Feed {
+    // For logs, and to forget the feed with its topic.
     topic: String,
     group: String,
+    // The group's durable consumer, which pull requests go to.
     consumer: PullConsumer,
+    // Publishes pull requests, acks and sync probes.
     client: async_nats::Client,
     // Handed to every job it receives (a new context per job would start
     // a task each time).
@@ -740,21 +739,30 @@ struct Feed {
     // Where this feed's pull requests are answered: `<inbox>.<n>`, and
     // `<inbox>.sync` for round trips.
     inbox: String,
-    // The consumer's ack wait as the server holds it.
+    // The consumer's ack wait as the server holds it: when a delivery
+    // has certainly expired.
     ack_wait: Duration,
+    // Most jobs to hold at once.
     batch: usize,
     counters: Arc<Counters>,
+    // Everything receive, the reader and stats share; never held across
+    // an await.
     state: Mutex<FeedState>,
     // Woken when a job or a pull status arrives.
     arrived: Notify,
+    // Ends the reader task.
     stop: CancellationToken,
+    // The reader task, awaited by `close`.
     reader: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
 struct FeedState {
+    // Jobs arrived and not handed out, oldest first.
     ready: VecDeque<Arrival>,
+    // The outstanding pull request, if any.
     request: Option<PullRequest>,
+    // Id of the next pull request (its reply subject's last token).
     next_request: u64,
     // Deliveries handed out and not settled, by stream sequence: for stats
     // (an expired one is pending again) and to tell expired receipts.
@@ -787,30 +795,42 @@ struct Pace {
 #[derive(Debug)]
 struct Arrival {
     message: jetstream::Message,
+    // The job's place in the stream: the same for every delivery of it.
     stream_sequence: u64,
+    // This delivery's place among the consumer's deliveries.
     consumer_sequence: u64,
+    // The server's delivery count: the attempt.
     delivered: u64,
+    // When it arrived here: the server's ack wait began earlier.
     at: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct PullRequest {
     id: u64,
+    // Jobs still to come for it.
     remaining: usize,
+    // When the server forgets it.
     expires_at: Instant,
+    // The connection it was made on (the reconnection count then).
     epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Handed {
+    // Which delivery of the job was handed out.
     delivered: u64,
+    // When it arrived here.
     at: Instant,
 }
 
 /// What a [`Receipt`] of this backend carries.
 struct Token {
+    // Whose bookkeeping the ack or retry updates.
     feed: Arc<Feed>,
+    // Carries the ack subject.
     message: jetstream::Message,
+    // For `Error::DeliveryExpired`.
     job_id: String,
     stream_sequence: u64,
     delivered: u64,
@@ -875,10 +895,18 @@ impl Feed {
         }
         while let Some(arrival) = state.ready.pop_front() {
             if now.duration_since(arrival.at) >= self.ack_wait {
-                // The server has expired it and hands it out again.
+                // The server has expired it and hands it out again; until
+                // then it counts as an expired delivery.
                 self.counters
                     .expired_unclaimed
                     .fetch_add(1, Ordering::Relaxed);
+                state.handed.insert(
+                    arrival.stream_sequence,
+                    Handed {
+                        delivered: arrival.delivered,
+                        at: arrival.at,
+                    },
+                );
                 continue;
             }
             state.handed.insert(
@@ -1409,7 +1437,9 @@ impl WorkBackend for JetStreamBackend {
             let next = match feed.next(time_left) {
                 Ok(next) => next,
                 Err(error) => {
-                    self.shared.forget_feed(&feed);
+                    // The consumer (maybe the stream) is gone: the next call
+                    // makes them again.
+                    self.shared.forget_topic(topic);
                     return Err(error);
                 }
             };
