@@ -269,6 +269,72 @@ async fn every_group_receives_every_job() {
     cleanup(backend, &[&topic]).await;
 }
 
+/// Receives and acks until the group has nothing left; how many it took.
+async fn drain(
+    backend: &JetStreamBackend,
+    options: &WorkOptions,
+    topic: &str,
+    consumer: &str,
+    received: &std::sync::Mutex<Vec<String>>,
+) -> u64 {
+    let mut taken = 0;
+    while let Some(delivery) = backend
+        .receive(
+            options,
+            topic,
+            "default",
+            consumer,
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap()
+    {
+        assert_eq!(delivery.attempt, 1);
+        received.lock().unwrap().push(delivery.message.id.clone());
+        backend.ack(delivery.receipt).await.unwrap();
+        taken += 1;
+    }
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_of_one_group_share_the_jobs_each_job_once() {
+    const JOBS: u64 = 200;
+    let topic = unique("competing");
+    let options = options(&["default"]);
+    let (first, second) = (connect().await, connect().await);
+    let mut ids = HashSet::new();
+    for n in 0..JOBS {
+        let message = job(&topic, n);
+        ids.insert(message.id.clone());
+        first.enqueue(&options, message).await.unwrap();
+    }
+    // Two processes, two concurrent receivers each, one consumer name per
+    // process as handler concurrency does it.
+    let received = std::sync::Mutex::new(Vec::new());
+    let (a, b, c, d) = tokio::time::timeout(
+        PATIENCE,
+        futures::future::join4(
+            drain(&first, &options, &topic, "p1", &received),
+            drain(&first, &options, &topic, "p1", &received),
+            drain(&second, &options, &topic, "p2", &received),
+            drain(&second, &options, &topic, "p2", &received),
+        ),
+    )
+    .await
+    .expect("all jobs consumed in time");
+    let received = received.into_inner().unwrap();
+    assert_eq!(received.len() as u64, JOBS, "each job once");
+    assert_eq!(received.into_iter().collect::<HashSet<_>>(), ids);
+    assert!(
+        a + b > 0 && c + d > 0,
+        "both processes took part: {a}+{b} / {c}+{d}"
+    );
+    second.close().await.unwrap();
+    first.delete_topic(&topic).await.unwrap();
+    first.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_declared_group_receives_jobs_enqueued_before_any_consumer() {
     let topic = unique("declared");
@@ -280,6 +346,8 @@ async fn a_declared_group_receives_jobs_enqueued_before_any_consumer() {
         ids.insert(message.id.clone());
         producer.enqueue(&options, message).await.unwrap();
     }
+    // Kept by the server although nobody has received from the stream yet.
+    assert_eq!(stored(&producer, &topic).await, 5);
     // A consumer that starts later, in another connection.
     let consumer = connect().await;
     for group in ["default", "reports"] {
