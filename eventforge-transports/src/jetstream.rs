@@ -1,7 +1,7 @@
-//! Work-queue storage in NATS JetStream (the "remote, durable" column of
-//! the 2x2 for work queues): a [`WorkQueue`](eventforge_core::work_queue)
-//! on this backend shares its jobs with every process connected to the same
-//! NATS server, and the jobs survive a server restart.
+//! Work-queue storage in NATS JetStream (the "remote" column of the 2x2,
+//! for work queues): a [`WorkQueue`](eventforge_core::work_queue) on this
+//! backend shares its jobs with every process connected to the same NATS
+//! server, and with file storage the jobs survive a server restart.
 //!
 //! # Layout on the server
 //!
@@ -83,13 +83,19 @@
 //! process uses it. Another process's prefetched and retried jobs show as
 //! in flight.
 //!
+//! # Prefetch
+//!
 //! Each (topic, group) pair used by `receive` in a process has one pull
-//! feed: it asks the server for up to [`batch_size`] jobs at a time and
-//! keeps what arrives until a `receive` takes it, so that `receive` is
-//! cancel-safe (a job taken from the server but not handed out stays for
-//! the next call) and consumers do not pay a round trip per job. A
-//! prefetched job that is not taken within the visibility timeout is
-//! dropped locally and redelivered by the server (attempt + 1).
+//! feed: one pull request at a time asks the server for up to
+//! [`batch_size`] jobs, and what arrives stays in the feed until a
+//! `receive` takes it, so `receive` is cancel-safe (a job taken from the
+//! server but not handed out stays for the next call) and consumers do not
+//! pay a round trip per job. The feed asks for about as many jobs as
+//! `receive` took in the last quarter of the visibility timeout, so a slow
+//! consumer holds few; a prefetched job nobody takes within the visibility
+//! timeout is dropped locally and redelivered by the server (attempt + 1),
+//! and [`close`](WorkBackend::close) gives prefetched jobs back at once
+//! (also attempt + 1, as JetStream counts every delivery).
 //!
 //! [`batch_size`]: JetStreamBackendBuilder::batch_size
 
@@ -1464,8 +1470,12 @@ impl WorkBackend for JetStreamBackend {
                         }
                     };
                     if let Some(request) = feed.refill(time_left) {
-                        // A failed refill is retried by the next receive.
-                        let _ = feed.pull(request).await;
+                        // Not awaited here: the job is already out of the
+                        // feed, and a receive dropped now would lose it
+                        // until the visibility timeout. A failed refill is
+                        // made again by the next receive.
+                        let feed = Arc::clone(&feed);
+                        tokio::spawn(async move { feed.pull(request).await });
                     }
                     self.shared
                         .counters
