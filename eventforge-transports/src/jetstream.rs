@@ -137,6 +137,10 @@ const MIN_PULL: Duration = Duration::from_millis(50);
 /// `receive` stops attracting jobs soon after.
 const MAX_PULL: Duration = Duration::from_secs(30);
 
+/// Tracked deliveries and retries of a feed above which `receive` (not
+/// only `stats`) forgets the old ones.
+const FORGET_ABOVE: usize = 4096;
+
 /// Escapes `text` into a name JetStream accepts for a stream or consumer
 /// (no `.`, `*`, `>`, whitespace or path separators), without collisions:
 /// ASCII letters and digits stay, `.` becomes `_`, and every other byte
@@ -899,6 +903,9 @@ impl Feed {
         if let Some(reason) = &state.broken {
             return Err(Error::transport(TRANSPORT, reason.clone()));
         }
+        if state.handed.len() + state.retried.len() > FORGET_ABOVE {
+            self.forget_old(&mut state, now);
+        }
         while let Some(arrival) = state.ready.pop_front() {
             if now.duration_since(arrival.at) >= self.ack_wait {
                 // The server has expired it and hands it out again; until
@@ -1208,14 +1215,7 @@ impl Feed {
     fn not_in_flight(&self, delivered_up_to: u64) -> u64 {
         let now = Instant::now();
         let mut state = self.state();
-        // Forget what another process must have received by now.
-        let horizon = self.ack_wait.saturating_mul(4).max(Duration::from_secs(10));
-        state
-            .handed
-            .retain(|_, h| now.duration_since(h.at) < self.ack_wait + horizon);
-        state
-            .retried
-            .retain(|_, due| now.saturating_duration_since(*due) < horizon);
+        self.forget_old(&mut state, now);
         let expired = state
             .handed
             .values()
@@ -1227,6 +1227,19 @@ impl Feed {
             .filter(|a| a.consumer_sequence <= delivered_up_to || a.delivered > 1)
             .count();
         (prefetched + state.retried.len() + expired) as u64
+    }
+
+    /// Forgets expired deliveries and retries this process will likely
+    /// never see again (another process received them), so the maps stay
+    /// bounded and the figures stop correcting for them.
+    fn forget_old(&self, state: &mut FeedState, now: Instant) {
+        let horizon = self.ack_wait.saturating_mul(4).max(Duration::from_secs(10));
+        state
+            .handed
+            .retain(|_, h| now.duration_since(h.at) < self.ack_wait + horizon);
+        state
+            .retried
+            .retain(|_, due| now.saturating_duration_since(*due) < horizon);
     }
 
     /// Stops the reader and gives prefetched jobs back at once.

@@ -204,6 +204,45 @@ async fn attempts_count_retries_and_visibility_timeouts() {
 }
 
 #[tokio::test]
+async fn an_expired_delivery_counts_as_pending_until_handed_out_again() {
+    let backend = connect().await;
+    let topic = unique("expired");
+    let visibility = Duration::from_millis(500);
+    let options = WorkOptions {
+        visibility_timeout: visibility,
+        ..options(&["default"])
+    };
+    backend.enqueue(&options, job(&topic, 1)).await.unwrap();
+    let first = next(&backend, &options, &topic, "default").await;
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 1)
+    );
+    // Waiting out the visibility timeout is the behaviour under test.
+    tokio::time::sleep(visibility + Duration::from_millis(50)).await;
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(1, 0)
+    );
+    let again = next(&backend, &options, &topic, "default").await;
+    assert_eq!((again.attempt, &again.message.id), (2, &first.message.id));
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 1)
+    );
+    assert!(matches!(
+        backend.retry(&options, first.receipt, Duration::ZERO).await,
+        Err(Error::DeliveryExpired { .. })
+    ));
+    backend.ack(again.receipt).await.unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 0)
+    );
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
 async fn a_retry_goes_back_to_its_group_only_after_the_delay() {
     let backend = connect().await;
     let topic = unique("retry_group");
