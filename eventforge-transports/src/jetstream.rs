@@ -137,6 +137,10 @@ const MIN_PULL: Duration = Duration::from_millis(50);
 /// `receive` stops attracting jobs soon after.
 const MAX_PULL: Duration = Duration::from_secs(30);
 
+/// Longest stream name this backend makes: the server stores a file
+/// stream in a directory of that name.
+const MAX_NAME: usize = 255;
+
 /// Tracked deliveries and retries of a feed above which `receive` (not
 /// only `stats`) forgets the old ones.
 const FORGET_ABOVE: usize = 4096;
@@ -145,7 +149,8 @@ const FORGET_ABOVE: usize = 4096;
 /// (no `.`, `*`, `>`, whitespace or path separators), without collisions:
 /// ASCII letters and digits stay, `.` becomes `_`, and every other byte
 /// (including `_` and `-` themselves) becomes `-` and two upper-case hex
-/// digits. Different inputs give different names.
+/// digits. Different inputs give different names. A topic whose stream
+/// name would exceed 255 bytes is refused with [`Error::InvalidTopic`].
 ///
 /// ```
 /// use eventforge_transports::jetstream::jetstream_name;
@@ -550,6 +555,12 @@ impl Shared {
     async fn create_topic(&self, options: &WorkOptions, topic: &str) -> Result<Arc<Topic>> {
         let subject = self.subject(topic);
         let stream = jetstream_name(&subject);
+        if stream.len() > MAX_NAME {
+            return Err(Error::InvalidTopic {
+                topic: topic.to_owned(),
+                reason: "too long for a JetStream stream name once escaped (255 bytes)",
+            });
+        }
         let config = jetstream::stream::Config {
             name: stream.clone(),
             subjects: vec![subject.clone()],
