@@ -489,6 +489,33 @@ async fn a_full_queue_refuses_exactly_the_job_beyond_max_size_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_full_queue_names_the_group_that_holds_the_jobs() {
+    let backend = connect().await;
+    let topic = unique("full_groups");
+    let options = WorkOptions {
+        max_size: 3,
+        ..options(&["fast", "slow"])
+    };
+    for n in 0..3 {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    for _ in 0..3 {
+        let delivery = next(&backend, &options, &topic, "fast").await;
+        backend.ack(delivery.receipt).await.unwrap();
+    }
+    match backend.enqueue(&options, job(&topic, 3)).await {
+        Err(Error::QueueFull { group, limit, .. }) => {
+            assert_eq!((group.as_str(), limit), ("slow", 3))
+        }
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    let delivery = next(&backend, &options, &topic, "slow").await;
+    backend.ack(delivery.receipt).await.unwrap();
+    backend.enqueue(&options, job(&topic, 4)).await.unwrap();
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
 async fn stats_are_exact_when_the_queue_is_quiet() {
     const JOBS: u64 = 10;
     let backend = connect().await;
