@@ -1626,13 +1626,16 @@ impl WorkBackend for JetStreamBackend {
         }
         self.shared.shutdown.cancel();
         lock(&self.shared.topics).clear();
-        if let Err(error) = tokio::time::timeout(
+        // What close sent (NAKs of prefetched jobs) reaches the server.
+        match tokio::time::timeout(
             self.shared.options.request_timeout,
             self.shared.client.flush(),
         )
         .await
         {
-            tracing::debug!(%error, "jetstream flush on close timed out");
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "jetstream flush on close failed"),
+            Err(_) => tracing::debug!("jetstream flush on close timed out"),
         }
         tracing::debug!("jetstream work backend closed");
         Ok(())
