@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Environment: `NATS_URL` (default `nats://127.0.0.1:4222`), `JOBS`
-//! (default 50000), `STORAGE=memory` for a memory stream (default file).
+//! (default 50000), `STORAGE=memory` for a memory stream (default file),
+//! `DEDUP=off` to publish without `Nats-Msg-Id`.
 
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,10 +35,12 @@ async fn main() -> Result<(), Box<dyn StdError + Send + Sync>> {
         Ok("memory") => JetStreamStorage::Memory,
         _ => JetStreamStorage::File,
     };
+    let deduplicate = std::env::var("DEDUP").as_deref() != Ok("off");
     let connect = || {
         JetStreamBackend::builder()
             .server(url.clone())
             .storage(storage)
+            .deduplicate(deduplicate)
             .connect()
     };
     let producer = Arc::new(connect().await?);
@@ -95,8 +98,8 @@ async fn main() -> Result<(), Box<dyn StdError + Send + Sync>> {
     let elapsed = started.elapsed();
 
     println!(
-        "{jobs} jobs, {storage:?} storage: all enqueued after {enqueued:.2?}, all acked after \
-         {elapsed:.2?}: {:.0} jobs/s end to end",
+        "{jobs} jobs, {storage:?} storage, dedup {deduplicate}: all enqueued after \
+         {enqueued:.2?}, all acked after {elapsed:.2?}: {:.0} jobs/s end to end",
         jobs as f64 / elapsed.as_secs_f64()
     );
     producer.delete_topic(&topic).await?;

@@ -489,6 +489,23 @@ async fn a_full_queue_refuses_exactly_the_job_beyond_max_size_and_recovers() {
 }
 
 #[tokio::test]
+async fn the_same_message_enqueued_twice_is_stored_once() {
+    let backend = connect().await;
+    let topic = unique("dedup");
+    let options = options(&["default"]);
+    let message = job(&topic, 1);
+    backend.enqueue(&options, message.clone()).await.unwrap();
+    backend.enqueue(&options, message.clone()).await.unwrap();
+    backend.enqueue(&options, job(&topic, 2)).await.unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(2, 0)
+    );
+    assert_eq!(backend.counters().enqueued, 2);
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
 async fn a_full_queue_names_the_group_that_holds_the_jobs() {
     let backend = connect().await;
     let topic = unique("full_groups");
