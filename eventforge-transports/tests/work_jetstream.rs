@@ -99,7 +99,10 @@ async fn stats(
     topic: &str,
     group: &str,
 ) -> BackendStats {
-    backend.stats(options, topic, group).await.unwrap()
+    tokio::time::timeout(PATIENCE, backend.stats(options, topic, group))
+        .await
+        .expect("stats in time")
+        .unwrap()
 }
 
 fn figures(pending: u64, in_flight: u64) -> BackendStats {
@@ -109,11 +112,16 @@ fn figures(pending: u64, in_flight: u64) -> BackendStats {
 /// Jobs the topic's stream holds, as the server reports it once it has
 /// applied `backend`'s acks.
 async fn stored(backend: &JetStreamBackend, topic: &str) -> u64 {
-    backend.settle().await.unwrap();
-    let client = async_nats::connect(url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream(backend.stream_name(topic)).await.unwrap();
-    stream.info().await.unwrap().state.messages
+    let read = async {
+        backend.settle().await.unwrap();
+        let client = async_nats::connect(url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(backend.stream_name(topic)).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("stream state in time")
 }
 
 async fn cleanup(backend: JetStreamBackend, topics: &[&str]) {
