@@ -94,10 +94,14 @@
 //! server but not handed out stays for the next call) and consumers do not
 //! pay a round trip per job. The feed asks for about as many jobs as
 //! `receive` took in the last quarter of the visibility timeout, so a slow
-//! consumer holds few; a prefetched job nobody takes within the visibility
-//! timeout is dropped locally and redelivered by the server (attempt + 1),
-//! and [`close`](WorkBackend::close) gives prefetched jobs back at once
-//! (also attempt + 1, as JetStream counts every delivery).
+//! consumer holds few. Only a waiting `receive` keeps a pull request open
+//! for long (up to its timeout, 5 s at a time); the refill made after a job
+//! is taken ends after 100 ms if no job comes, so a consumer that stops
+//! receiving does not attract jobs, or redeliveries meant for another
+//! consumer, that it will not take. A prefetched job nobody takes within
+//! the visibility timeout is dropped locally and redelivered by the server
+//! (attempt + 1), and [`close`](WorkBackend::close) gives prefetched jobs
+//! back at once (also attempt + 1, as JetStream counts every delivery).
 //!
 //! [`batch_size`]: JetStreamBackendBuilder::batch_size
 
@@ -135,9 +139,16 @@ const TRANSPORT: &str = "nats";
 /// gives the server a moment to answer.
 const MIN_PULL: Duration = Duration::from_millis(50);
 
-/// Longest life of a pull request, so a consumer that stops calling
-/// `receive` stops attracting jobs soon after.
-const MAX_PULL: Duration = Duration::from_secs(30);
+/// Longest life of a pull request made by a waiting `receive` (a longer
+/// wait makes a new one), so a receive dropped while it waits stops
+/// attracting jobs soon after.
+const MAX_PULL: Duration = Duration::from_secs(5);
+
+/// Life of a refill, the pull request made after a job was taken: jobs
+/// already waiting fill it at once, and if there are none it ends soon, so
+/// a consumer that stops calling `receive` does not attract jobs (or
+/// redeliveries) it will not take. The next `receive` pulls again.
+const REFILL_PULL: Duration = Duration::from_millis(100);
 
 /// Longest stream name this backend makes: the server stores a file
 /// stream in a directory of that name.
@@ -875,7 +886,8 @@ struct Token {
 enum Next {
     Take(Box<Arrival>),
     Pull(PullRequest),
-    Wait,
+    // Until a job or a status arrives, or the pull request expires.
+    Wait(Instant),
 }
 
 impl Feed {
@@ -960,8 +972,8 @@ impl Feed {
         let live = state
             .request
             .is_some_and(|r| r.epoch == epoch && now < r.expires_at);
-        if live {
-            return Ok(Next::Wait);
+        if let Some(request) = state.request.filter(|_| live) {
+            return Ok(Next::Wait(request.expires_at));
         }
         let request = PullRequest {
             id: state.next_request,
@@ -1006,7 +1018,7 @@ impl Feed {
     }
 
     /// After a job was taken: keeps a request going while the group is busy.
-    fn refill(&self, time_left: Duration) -> Option<PullRequest> {
+    fn refill(&self) -> Option<PullRequest> {
         let now = Instant::now();
         let epoch = self.epoch();
         let mut state = self.state();
@@ -1020,7 +1032,7 @@ impl Feed {
         let request = PullRequest {
             id: state.next_request,
             remaining: prefetch - state.ready.len(),
-            expires_at: now + time_left.clamp(MIN_PULL, MAX_PULL),
+            expires_at: now + REFILL_PULL,
             epoch,
         };
         state.next_request += 1;
@@ -1509,7 +1521,7 @@ impl WorkBackend for JetStreamBackend {
                             continue;
                         }
                     };
-                    if let Some(request) = feed.refill(time_left) {
+                    if let Some(request) = feed.refill() {
                         // Not awaited here: the job is already out of the
                         // feed, and a receive dropped now would lose it
                         // until the visibility timeout. A failed refill is
@@ -1539,8 +1551,13 @@ impl WorkBackend for JetStreamBackend {
                 Next::Pull(request) => {
                     feed.pull(request).await?;
                 }
-                Next::Wait => {
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                Next::Wait(request_expires) => {
+                    // Past its expiry the request is over even if the
+                    // server's status about it never came: look again.
+                    let until = deadline.min(request_expires);
+                    if tokio::time::timeout_at(until, notified).await.is_err()
+                        && Instant::now() >= deadline
+                    {
                         return Ok(None);
                     }
                 }
