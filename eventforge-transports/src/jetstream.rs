@@ -27,10 +27,11 @@
 //!   with the next job (`DeliverPolicy::New`). Acks are explicit,
 //!   `ack_wait` is [`WorkOptions::visibility_timeout`], `max_ack_pending`
 //!   is `max_size`, and `max_deliver` is unlimited: the
-//!   [`WorkQueue`](eventforge_core::work_queue) dead-letters a job whose
-//!   attempt exceeds `max_retries + 1`, and a server-side limit would
-//!   instead leave such a job stranded in the stream, unacked and never
-//!   delivered again.
+//!   [`WorkQueue`](eventforge_core::work_queue) dead-letters a job once
+//!   its attempt goes past what [`WorkOptions::max_retries`] allows, and a
+//!   server-side limit would instead leave such a job stranded in the
+//!   stream, unacked and never delivered again (prefetched jobs that
+//!   expire unclaimed also use up deliveries).
 //!
 //! With no declared groups, a job enqueued before any group exists is
 //! acknowledged by the server but not kept (nobody has interest in it).
