@@ -8,6 +8,9 @@
 //! - `redis` (feature `redis`): Redis pub/sub;
 //! - `nats` (feature `nats`): NATS, with native request/reply.
 //!
+//! With feature `nats`, `jetstream::JetStreamBackend` also stores work-queue
+//! jobs in NATS JetStream (an `eventforge_core::WorkBackend`).
+//!
 //! The TCP transport (feature `tcp`) is in `tcp`: `tcp::TcpServerTransport`,
 //! `tcp::TcpClientTransport`, the frame codec `tcp::FrameCodec` and the
 //! push-only switchboard `tcp::RemoteQueue`.
@@ -21,6 +24,8 @@
 
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod broker_subscriptions;
+#[cfg(feature = "nats")]
+pub mod jetstream;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "redis")]

@@ -63,6 +63,32 @@ impl PrivateBroker {
         self.launch().await;
     }
 
+    /// Stops the broker the way an operator does (SIGTERM, then waits for
+    /// it to exit), leaving its port free until [`resume`](Self::resume).
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id().expect("a running broker has a pid").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        match tokio::time::timeout(STARTUP, child.wait()).await {
+            Ok(exited) => {
+                exited.expect("wait for the broker");
+            }
+            Err(_) => panic!("the broker did not stop within {STARTUP:?} of SIGTERM"),
+        }
+    }
+
+    /// Starts a stopped broker again on the same port and arguments.
+    pub async fn resume(&mut self) {
+        self.launch().await;
+    }
+
     async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("kill the broker");

@@ -1,0 +1,835 @@
+//! The JetStream work-queue backend through the `WorkBackend` trait:
+//! deliveries, attempts, retries, groups, limits, stats, bad entries,
+//! cancellation, close, and a server restart.
+//!
+//! Uses the NATS server (with JetStream) at `NATS_URL` (default
+//! `nats://127.0.0.1:4222`); the restart test runs its own server.
+
+#![cfg(feature = "nats")]
+
+mod private_broker;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use eventforge_core::{BackendStats, Delivery, Error, Message, WorkBackend, WorkOptions};
+use eventforge_transports::jetstream::{JetStreamBackend, JetStreamStorage};
+use futures::FutureExt;
+
+/// Longest wait for anything that should happen.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn unique(name: &str) -> String {
+    format!("wq-test.{name}.{}", eventforge_core::new_id())
+}
+
+async fn connect() -> JetStreamBackend {
+    JetStreamBackend::builder()
+        .server(url())
+        .storage(JetStreamStorage::Memory)
+        .connect()
+        .await
+        .expect("NATS with JetStream at NATS_URL")
+}
+
+fn options(groups: &[&str]) -> WorkOptions {
+    WorkOptions {
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..WorkOptions::default()
+    }
+}
+
+fn job(topic: &str, n: u64) -> Message {
+    Message::new(topic, n).unwrap()
+}
+
+/// The next delivery of `group`, waiting up to [`PATIENCE`].
+async fn next(
+    backend: &JetStreamBackend,
+    options: &WorkOptions,
+    topic: &str,
+    group: &str,
+) -> Delivery {
+    let started = Instant::now();
+    loop {
+        let left = PATIENCE.saturating_sub(started.elapsed());
+        assert!(!left.is_zero(), "no delivery for {group} on {topic}");
+        let received = tokio::time::timeout(
+            PATIENCE,
+            backend.receive(options, topic, group, "test-consumer", left),
+        )
+        .await
+        .expect("receive honours its timeout")
+        .expect("receive works");
+        if let Some(delivery) = received {
+            return delivery;
+        }
+    }
+}
+
+/// Asserts that `group` gets nothing within `window`.
+async fn nothing_for(
+    backend: &JetStreamBackend,
+    options: &WorkOptions,
+    topic: &str,
+    group: &str,
+    window: Duration,
+) {
+    let received = tokio::time::timeout(
+        PATIENCE,
+        backend.receive(options, topic, group, "test-consumer", window),
+    )
+    .await
+    .expect("receive honours its timeout")
+    .expect("receive works");
+    assert!(
+        received.is_none(),
+        "unexpected delivery: {:?}",
+        received.map(|d| d.message)
+    );
+}
+
+async fn stats(
+    backend: &JetStreamBackend,
+    options: &WorkOptions,
+    topic: &str,
+    group: &str,
+) -> BackendStats {
+    tokio::time::timeout(PATIENCE, backend.stats(options, topic, group))
+        .await
+        .expect("stats in time")
+        .unwrap()
+}
+
+fn figures(pending: u64, in_flight: u64) -> BackendStats {
+    BackendStats { pending, in_flight }
+}
+
+/// Jobs the topic's stream holds, as the server reports it once it has
+/// applied `backend`'s acks.
+async fn stored(backend: &JetStreamBackend, topic: &str) -> u64 {
+    let read = async {
+        backend.settle().await.unwrap();
+        let client = async_nats::connect(url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(backend.stream_name(topic)).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("stream state in time")
+}
+
+async fn cleanup(backend: JetStreamBackend, topics: &[&str]) {
+    for topic in topics {
+        backend.delete_topic(topic).await.unwrap();
+    }
+    backend.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_enqueued_job_is_received_once_and_acked() {
+    let (backend, topic, options) = (connect().await, unique("roundtrip"), options(&["default"]));
+    let sent = job(&topic, 7).with_header("trace", "abc");
+    backend.enqueue(&options, sent.clone()).await.unwrap();
+
+    let delivery = next(&backend, &options, &topic, "default").await;
+    assert_eq!(delivery.message.id, sent.id);
+    assert_eq!(delivery.message.payload, 7);
+    assert_eq!(delivery.message.header("trace"), Some(&"abc".into()));
+    assert_eq!(delivery.attempt, 1);
+    assert_eq!(
+        (
+            delivery.receipt.topic.as_str(),
+            delivery.receipt.group.as_str()
+        ),
+        (topic.as_str(), "default")
+    );
+    backend.ack(delivery.receipt).await.unwrap();
+
+    nothing_for(
+        &backend,
+        &options,
+        &topic,
+        "default",
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 0)
+    );
+    assert_eq!(backend.counters().delivered, 1);
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn attempts_count_retries_and_visibility_timeouts() {
+    let backend = connect().await;
+    let topic = unique("attempts");
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_millis(500),
+        ..options(&["default"])
+    };
+    backend.enqueue(&options, job(&topic, 1)).await.unwrap();
+
+    let first = next(&backend, &options, &topic, "default").await;
+    assert_eq!(first.attempt, 1);
+    backend
+        .retry(&options, first.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+
+    let second = next(&backend, &options, &topic, "default").await;
+    assert_eq!(second.attempt, 2);
+    let handed_out = Instant::now();
+
+    // Not acked: handed out again once the visibility timeout passes.
+    let third = next(&backend, &options, &topic, "default").await;
+    assert_eq!(third.attempt, 3);
+    assert_eq!(third.message.id, second.message.id);
+    assert!(
+        handed_out.elapsed() >= Duration::from_millis(450),
+        "redelivered after {:?}, before the visibility timeout",
+        handed_out.elapsed()
+    );
+
+    let late = backend.ack(second.receipt).await;
+    assert!(
+        matches!(&late, Err(Error::DeliveryExpired { job_id }) if *job_id == third.message.id),
+        "{late:?}"
+    );
+    backend.ack(third.receipt).await.unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 0)
+    );
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn an_expired_delivery_counts_as_pending_until_handed_out_again() {
+    let backend = connect().await;
+    let topic = unique("expired");
+    let visibility = Duration::from_millis(500);
+    let options = WorkOptions {
+        visibility_timeout: visibility,
+        ..options(&["default"])
+    };
+    backend.enqueue(&options, job(&topic, 1)).await.unwrap();
+    let first = next(&backend, &options, &topic, "default").await;
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 1)
+    );
+    // Waiting out the visibility timeout is the behaviour under test.
+    tokio::time::sleep(visibility + Duration::from_millis(50)).await;
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(1, 0)
+    );
+    let again = next(&backend, &options, &topic, "default").await;
+    assert_eq!((again.attempt, &again.message.id), (2, &first.message.id));
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 1)
+    );
+    assert!(matches!(
+        backend.retry(&options, first.receipt, Duration::ZERO).await,
+        Err(Error::DeliveryExpired { .. })
+    ));
+    backend.ack(again.receipt).await.unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 0)
+    );
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn a_retry_goes_back_to_its_group_only_after_the_delay() {
+    let backend = connect().await;
+    let topic = unique("retry_group");
+    let options = options(&["billing", "audit"]);
+    backend.enqueue(&options, job(&topic, 1)).await.unwrap();
+
+    let billing = next(&backend, &options, &topic, "billing").await;
+    let audit = next(&backend, &options, &topic, "audit").await;
+    backend.ack(audit.receipt).await.unwrap();
+
+    let delay = Duration::from_millis(800);
+    let retried_at = Instant::now();
+    backend
+        .retry(&options, billing.receipt, delay)
+        .await
+        .unwrap();
+    // Counted as waiting while delayed.
+    assert_eq!(
+        stats(&backend, &options, &topic, "billing").await,
+        figures(1, 0)
+    );
+
+    let again = next(&backend, &options, &topic, "billing").await;
+    assert!(
+        retried_at.elapsed() >= delay,
+        "handed out again after {:?}, before the {delay:?} delay",
+        retried_at.elapsed()
+    );
+    assert_eq!((again.attempt, &again.message.id), (2, &billing.message.id));
+    nothing_for(
+        &backend,
+        &options,
+        &topic,
+        "audit",
+        Duration::from_millis(300),
+    )
+    .await;
+    backend.ack(again.receipt).await.unwrap();
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_group_receives_every_job() {
+    const JOBS: u64 = 20;
+    let backend = connect().await;
+    let topic = unique("two_groups");
+    let options = options(&["first", "second"]);
+    let mut ids = HashSet::new();
+    for n in 0..JOBS {
+        let message = job(&topic, n);
+        ids.insert(message.id.clone());
+        backend.enqueue(&options, message).await.unwrap();
+    }
+    for group in ["first", "second"] {
+        let mut seen = HashSet::new();
+        for _ in 0..JOBS {
+            let delivery = next(&backend, &options, &topic, group).await;
+            assert!(seen.insert(delivery.message.id.clone()), "twice in {group}");
+            backend.ack(delivery.receipt).await.unwrap();
+        }
+        assert_eq!(seen, ids, "{group} got every job");
+    }
+    cleanup(backend, &[&topic]).await;
+}
+
+/// Receives and acks until the group has nothing left; how many it took.
+async fn drain(
+    backend: &JetStreamBackend,
+    options: &WorkOptions,
+    topic: &str,
+    consumer: &str,
+    received: &std::sync::Mutex<Vec<String>>,
+) -> u64 {
+    let mut taken = 0;
+    while let Some(delivery) = backend
+        .receive(
+            options,
+            topic,
+            "default",
+            consumer,
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap()
+    {
+        assert_eq!(delivery.attempt, 1);
+        received.lock().unwrap().push(delivery.message.id.clone());
+        backend.ack(delivery.receipt).await.unwrap();
+        taken += 1;
+    }
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_of_one_group_share_the_jobs_each_job_once() {
+    const JOBS: u64 = 200;
+    let topic = unique("competing");
+    let options = options(&["default"]);
+    let (first, second) = (connect().await, connect().await);
+    let mut ids = HashSet::new();
+    for n in 0..JOBS {
+        let message = job(&topic, n);
+        ids.insert(message.id.clone());
+        first.enqueue(&options, message).await.unwrap();
+    }
+    // Two processes, two concurrent receivers each, one consumer name per
+    // process as handler concurrency does it.
+    let received = std::sync::Mutex::new(Vec::new());
+    let (a, b, c, d) = tokio::time::timeout(
+        PATIENCE,
+        futures::future::join4(
+            drain(&first, &options, &topic, "p1", &received),
+            drain(&first, &options, &topic, "p1", &received),
+            drain(&second, &options, &topic, "p2", &received),
+            drain(&second, &options, &topic, "p2", &received),
+        ),
+    )
+    .await
+    .expect("all jobs consumed in time");
+    let received = received.into_inner().unwrap();
+    assert_eq!(received.len() as u64, JOBS, "each job once");
+    assert_eq!(received.into_iter().collect::<HashSet<_>>(), ids);
+    assert!(
+        a + b > 0 && c + d > 0,
+        "both processes took part: {a}+{b} / {c}+{d}"
+    );
+    second.close().await.unwrap();
+    first.delete_topic(&topic).await.unwrap();
+    first.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_declared_group_receives_jobs_enqueued_before_any_consumer() {
+    let topic = unique("declared");
+    let options = options(&["default", "reports"]);
+    let producer = connect().await;
+    let mut ids = HashSet::new();
+    for n in 0..5 {
+        let message = job(&topic, n);
+        ids.insert(message.id.clone());
+        producer.enqueue(&options, message).await.unwrap();
+    }
+    // Kept by the server although nobody has received from the stream yet.
+    assert_eq!(stored(&producer, &topic).await, 5);
+    // A consumer that starts later, in another connection.
+    let consumer = connect().await;
+    for group in ["default", "reports"] {
+        let mut seen = HashSet::new();
+        for _ in 0..5 {
+            let delivery = next(&consumer, &options, &topic, group).await;
+            seen.insert(delivery.message.id.clone());
+            consumer.ack(delivery.receipt).await.unwrap();
+        }
+        assert_eq!(seen, ids);
+    }
+    consumer.close().await.unwrap();
+    cleanup(producer, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn a_group_first_named_by_a_consumer_receives_only_later_jobs() {
+    let backend = connect().await;
+    let topic = unique("ad_hoc");
+    let options = options(&["default"]);
+    for n in 0..3 {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    // The first receive creates the group, after the three jobs.
+    nothing_for(
+        &backend,
+        &options,
+        &topic,
+        "late",
+        Duration::from_millis(200),
+    )
+    .await;
+    backend
+        .create_group(&options, &topic, "later", false)
+        .await
+        .unwrap();
+    for n in 3..5 {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    for group in ["late", "later"] {
+        for n in 3..5 {
+            let delivery = next(&backend, &options, &topic, group).await;
+            assert_eq!(delivery.message.payload, n, "{group}");
+            backend.ack(delivery.receipt).await.unwrap();
+        }
+        nothing_for(
+            &backend,
+            &options,
+            &topic,
+            group,
+            Duration::from_millis(200),
+        )
+        .await;
+    }
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(5, 0)
+    );
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_exactly_the_job_beyond_max_size_and_recovers() {
+    let backend = connect().await;
+    let topic = unique("full");
+    let options = WorkOptions {
+        max_size: 5,
+        ..options(&["default"])
+    };
+    for n in 0..5 {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    let refused = backend.enqueue(&options, job(&topic, 5)).await;
+    match refused {
+        Err(Error::QueueFull {
+            topic: full,
+            group,
+            limit,
+        }) => assert_eq!(
+            (full.as_str(), group.as_str(), limit),
+            (topic.as_str(), "default", 5)
+        ),
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    // Nothing was stored.
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(5, 0)
+    );
+    assert_eq!(stored(&backend, &topic).await, 5);
+
+    let delivery = next(&backend, &options, &topic, "default").await;
+    backend.ack(delivery.receipt).await.unwrap();
+    backend.enqueue(&options, job(&topic, 6)).await.unwrap();
+    assert!(matches!(
+        backend.enqueue(&options, job(&topic, 7)).await,
+        Err(Error::QueueFull { .. })
+    ));
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn the_same_message_enqueued_twice_is_stored_once() {
+    let backend = connect().await;
+    let topic = unique("dedup");
+    let options = options(&["default"]);
+    let message = job(&topic, 1);
+    backend.enqueue(&options, message.clone()).await.unwrap();
+    backend.enqueue(&options, message.clone()).await.unwrap();
+    backend.enqueue(&options, job(&topic, 2)).await.unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(2, 0)
+    );
+    assert_eq!(backend.counters().enqueued, 2);
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_names_the_group_that_holds_the_jobs() {
+    let backend = connect().await;
+    let topic = unique("full_groups");
+    let options = WorkOptions {
+        max_size: 3,
+        ..options(&["fast", "slow"])
+    };
+    for n in 0..3 {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    for _ in 0..3 {
+        let delivery = next(&backend, &options, &topic, "fast").await;
+        backend.ack(delivery.receipt).await.unwrap();
+    }
+    match backend.enqueue(&options, job(&topic, 3)).await {
+        Err(Error::QueueFull { group, limit, .. }) => {
+            assert_eq!((group.as_str(), limit), ("slow", 3))
+        }
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    let delivery = next(&backend, &options, &topic, "slow").await;
+    backend.ack(delivery.receipt).await.unwrap();
+    backend.enqueue(&options, job(&topic, 4)).await.unwrap();
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn stats_are_exact_when_the_queue_is_quiet() {
+    const JOBS: u64 = 10;
+    let backend = connect().await;
+    let topic = unique("stats");
+    let options = options(&["default"]);
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 0)
+    );
+    for n in 0..JOBS {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(JOBS, 0)
+    );
+    assert_eq!(
+        stats(&backend, &options, &topic, "nobody").await,
+        figures(0, 0)
+    );
+
+    // The feed prefetches the rest: they still count as waiting.
+    let first = next(&backend, &options, &topic, "default").await;
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(JOBS - 1, 1)
+    );
+    backend.ack(first.receipt).await.unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(JOBS - 1, 0)
+    );
+
+    let second = next(&backend, &options, &topic, "default").await;
+    backend
+        .retry(&options, second.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(JOBS - 1, 0)
+    );
+
+    let third = next(&backend, &options, &topic, "default").await;
+    backend
+        .retry(&options, third.receipt, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(JOBS - 1, 0)
+    );
+
+    // Another process sees the server's figures: what this one prefetched
+    // is in flight there.
+    let other = connect().await;
+    let seen = stats(&other, &options, &topic, "default").await;
+    assert_eq!(seen.pending + seen.in_flight, JOBS - 1);
+    other.close().await.unwrap();
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn jobs_acked_by_every_group_leave_the_stream() {
+    let backend = connect().await;
+    let topic = unique("removed");
+    let options = options(&["a", "b"]);
+    for n in 0..3 {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    assert_eq!(stored(&backend, &topic).await, 3);
+    for _ in 0..3 {
+        let delivery = next(&backend, &options, &topic, "a").await;
+        backend.ack(delivery.receipt).await.unwrap();
+    }
+    assert_eq!(
+        stored(&backend, &topic).await,
+        3,
+        "group b still needs them"
+    );
+    for _ in 0..3 {
+        let delivery = next(&backend, &options, &topic, "b").await;
+        backend.ack(delivery.receipt).await.unwrap();
+    }
+    assert_eq!(stored(&backend, &topic).await, 0);
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn an_entry_that_is_not_a_message_is_skipped_and_counted() {
+    let backend = connect().await;
+    let topic = unique("garbage");
+    let options = options(&["default"]);
+    backend
+        .create_group(&options, &topic, "default", true)
+        .await
+        .unwrap();
+    let client = async_nats::connect(url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish(backend.subject(&topic), "not json at all".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    backend.enqueue(&options, job(&topic, 1)).await.unwrap();
+
+    let delivery = next(&backend, &options, &topic, "default").await;
+    assert_eq!(delivery.message.payload, 1);
+    backend.ack(delivery.receipt).await.unwrap();
+    assert_eq!(backend.counters().undecodable, 1);
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 0)
+    );
+    // Terminated: the group never sees it again, and the stream lets it go.
+    nothing_for(
+        &backend,
+        &options,
+        &topic,
+        "default",
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(stored(&backend, &topic).await, 0);
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_receive_loses_no_job() {
+    const JOBS: u64 = 50;
+    let backend = connect().await;
+    let topic = unique("cancel");
+    // Long enough that a lost job could not come back during the test.
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_secs(120),
+        ..options(&["default"])
+    };
+    // A receive dropped while it waits leaves its pull request behind.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        backend.receive(&options, &topic, "default", "c", Duration::from_secs(10)),
+    )
+    .await;
+    assert!(dropped.is_err(), "nothing to receive yet");
+    let mut ids = HashSet::new();
+    for n in 0..JOBS {
+        let message = job(&topic, n);
+        ids.insert(message.id.clone());
+        backend.enqueue(&options, message).await.unwrap();
+    }
+    // Receives dropped at their first await, again and again.
+    for _ in 0..200 {
+        let polled = backend
+            .receive(&options, &topic, "default", "c", Duration::from_secs(10))
+            .now_or_never();
+        if let Some(Ok(Some(delivery))) = polled {
+            assert!(ids.remove(&delivery.message.id));
+            backend.ack(delivery.receipt).await.unwrap();
+        }
+    }
+    while !ids.is_empty() {
+        let delivery = next(&backend, &options, &topic, "default").await;
+        assert_eq!(delivery.attempt, 1, "handed out once before");
+        assert!(ids.remove(&delivery.message.id), "unknown or twice");
+        backend.ack(delivery.receipt).await.unwrap();
+    }
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 0)
+    );
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn a_closed_backend_refuses_every_call_and_closes_once() {
+    let backend = connect().await;
+    let topic = unique("closed");
+    let options = options(&["default"]);
+    backend.enqueue(&options, job(&topic, 1)).await.unwrap();
+    let delivery = next(&backend, &options, &topic, "default").await;
+    backend.delete_topic(&topic).await.unwrap();
+
+    backend.close().await.unwrap();
+    backend.close().await.unwrap();
+    let closed = |r: &Result<_, Error>| matches!(r, Err(Error::Closed("jetstream")));
+    assert!(closed(&backend.enqueue(&options, job(&topic, 2)).await));
+    assert!(closed(
+        &backend
+            .receive(&options, &topic, "default", "c", Duration::from_millis(10))
+            .await
+            .map(|_| ())
+    ));
+    assert!(closed(
+        &backend.stats(&options, &topic, "default").await.map(|_| ())
+    ));
+    assert!(closed(&backend.ack(delivery.receipt).await));
+    assert!(closed(
+        &backend.create_group(&options, &topic, "x", true).await
+    ));
+}
+
+#[tokio::test]
+async fn topics_that_are_not_subjects_are_refused() {
+    let backend = connect().await;
+    let options = options(&["default"]);
+    let too_long = format!("long.{}", "-".repeat(100));
+    for topic in ["a b", "a.>", "a..b", "a.*", too_long.as_str()] {
+        let refused = backend
+            .enqueue(&options, Message::from_value(topic, 1.into()))
+            .await;
+        assert!(
+            matches!(refused, Err(Error::InvalidTopic { .. })),
+            "{topic}: {refused:?}"
+        );
+    }
+    backend.close().await.unwrap();
+}
+
+/// Jobs stored on disk survive a server restart, calls fail with a
+/// transport error while the server is down, and the same backend works
+/// again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_a_server_restart_and_the_backend_reconnects() {
+    use private_broker::{Kind, PrivateBroker};
+    const JOBS: u64 = 20;
+
+    let store = std::env::temp_dir().join(format!("eventforge-js-{}", eventforge_core::new_id()));
+    let store_arg = store.to_str().unwrap().to_owned();
+    let mut broker = PrivateBroker::start_with(Kind::Nats, &["-js", "-sd", &store_arg]).await;
+    let backend = JetStreamBackend::builder()
+        .server(broker.url())
+        .request_timeout(Duration::from_secs(1))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let topic = unique("durable");
+    let options = options(&["default"]);
+
+    // A feed in use before the restart.
+    backend.enqueue(&options, job(&topic, 999)).await.unwrap();
+    let before = next(&backend, &options, &topic, "default").await;
+    backend.ack(before.receipt).await.unwrap();
+    let mut ids = HashSet::new();
+    for n in 0..JOBS {
+        let message = job(&topic, n);
+        ids.insert(message.id.clone());
+        backend.enqueue(&options, message).await.unwrap();
+    }
+
+    let (mut disconnections, reconnections) = (backend.disconnections(), backend.reconnections());
+    broker.stop().await;
+    // Once the client knows, calls fail at once (before, a publish may
+    // wait in the client and reach the server when it is back).
+    tokio::time::timeout(PATIENCE, disconnections.wait_for(|n| *n >= 1))
+        .await
+        .expect("disconnection noticed in time")
+        .unwrap();
+    let down = backend.enqueue(&options, job(&topic, 1000)).await;
+    assert!(matches!(down, Err(Error::Transport { .. })), "{down:?}");
+    let down = backend.stats(&options, &topic, "default").await;
+    assert!(matches!(down, Err(Error::Transport { .. })), "{down:?}");
+    let down = backend
+        .receive(&options, &topic, "default", "c", Duration::from_millis(100))
+        .await;
+    assert!(matches!(down, Err(Error::Transport { .. })), "{down:?}");
+
+    broker.resume().await;
+    let mut reconnections = reconnections;
+    tokio::time::timeout(PATIENCE, reconnections.wait_for(|n| *n >= 1))
+        .await
+        .expect("reconnected in time")
+        .unwrap();
+
+    while !ids.is_empty() {
+        let delivery = next(&backend, &options, &topic, "default").await;
+        assert!(ids.remove(&delivery.message.id), "unknown or twice");
+        backend.ack(delivery.receipt).await.unwrap();
+    }
+    backend.enqueue(&options, job(&topic, 2000)).await.unwrap();
+    let after = next(&backend, &options, &topic, "default").await;
+    assert_eq!(after.message.payload, 2000);
+    backend.ack(after.receipt).await.unwrap();
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(0, 0)
+    );
+
+    backend.close().await.unwrap();
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&store);
+}
