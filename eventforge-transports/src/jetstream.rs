@@ -522,25 +522,6 @@ impl JetStreamBackend {
         jetstream_name(&self.subject(topic))
     }
 
-    /// Deletes `topic`'s stream with its groups and jobs (for tests and
-    /// administration). False when there was none.
-    pub async fn delete_topic(&self, topic: &str) -> Result<bool> {
-        self.check_open()?;
-        self.shared.forget_topic(topic);
-        let stream = self.stream_name(topic);
-        match self.shared.js.delete_stream(&stream).await {
-            Ok(status) => Ok(status.success),
-            Err(error) => {
-                if let jetstream::context::DeleteStreamErrorKind::JetStream(inner) = error.kind() {
-                    if inner.code() == 404 {
-                        return Ok(false);
-                    }
-                }
-                Err(Error::transport(TRANSPORT, error))
-            }
-        }
-    }
-
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed(NAME));
@@ -1642,6 +1623,25 @@ impl WorkBackend for JetStreamBackend {
             stats.in_flight -= moved;
         }
         Ok(stats)
+    }
+
+    /// Deletes `topic`'s stream with its groups and jobs. False when there
+    /// was none.
+    async fn delete_topic(&self, topic: &str) -> Result<bool> {
+        self.check_open()?;
+        self.shared.forget_topic(topic);
+        let stream = self.stream_name(topic);
+        match self.shared.js.delete_stream(&stream).await {
+            Ok(status) => Ok(status.success),
+            Err(error) => {
+                if let jetstream::context::DeleteStreamErrorKind::JetStream(inner) = error.kind() {
+                    if inner.code() == 404 {
+                        return Ok(false);
+                    }
+                }
+                Err(Error::transport(TRANSPORT, error))
+            }
+        }
     }
 
     async fn close(&self) -> Result<()> {

@@ -22,10 +22,20 @@ pub async fn tcp_link() -> (Arc<dyn Transport>, Arc<dyn Transport>) {
     (Arc::new(server), Arc::new(client))
 }
 
+/// The Redis to test against: `REDIS_URL`, or the loopback default.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The NATS to test against: `NATS_URL`, or the loopback default.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
 /// A new connection to the Redis of `REDIS_URL`.
 #[cfg(feature = "redis")]
 pub async fn redis() -> Arc<dyn Transport> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = redis_url();
     match eventforge::transports::redis::RedisTransport::connect(&url).await {
         Ok(transport) => Arc::new(transport),
         Err(error) => panic!("Redis at {url}: {error} (start it with scripts/brokers.sh)"),
@@ -35,7 +45,7 @@ pub async fn redis() -> Arc<dyn Transport> {
 /// A new connection to the NATS of `NATS_URL`.
 #[cfg(feature = "nats")]
 pub async fn nats() -> Arc<dyn Transport> {
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let url = nats_url();
     match eventforge::transports::nats::NatsTransport::connect(&url).await {
         Ok(transport) => Arc::new(transport),
         Err(error) => panic!("NATS at {url}: {error} (start it with scripts/brokers.sh)"),

@@ -19,6 +19,20 @@ work_queue_suite!(memory, || async {
     Backends::shared(Arc::new(eventforge::MemoryWorkBackend::new()))
 });
 
+// A new client per connection, as separate consumer processes would have.
+#[cfg(feature = "nats")]
+work_queue_suite!(jetstream, || async {
+    Backends::connecting(|| {
+        Box::pin(async {
+            let url = support::nats_url();
+            match eventforge::transports::jetstream::JetStreamBackend::connect(&url).await {
+                Ok(backend) => Arc::new(backend) as Arc<dyn eventforge::WorkBackend>,
+                Err(error) => panic!("NATS at {url}: {error} (start it with scripts/brokers.sh)"),
+            }
+        })
+    })
+});
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -1,6 +1,6 @@
 //! The behaviours every work-queue backend promises, written once.
 //!
-//! Each behaviour is an async function taking a [`BackendsFactory`]; the
+//! Each behaviour is an async function taking the test's [`Backends`]; the
 //! [`work_queue_suite!`] macro turns the list into one `#[tokio::test]` per
 //! behaviour for a backend. Every test works on topics under a fresh uuid, so
 //! the suites of all backends run in parallel on shared brokers.
@@ -29,6 +29,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// separate consumer processes would have.
 pub struct Backends {
     connect: Box<dyn Fn() -> BoxFuture<'static, Arc<dyn WorkBackend>> + Send + Sync>,
+    /// Topics a test made, deleted from the store when it ends.
+    topics: Mutex<Vec<String>>,
 }
 
 impl Backends {
@@ -39,6 +41,7 @@ impl Backends {
                 let backend = Arc::clone(&backend);
                 Box::pin(async move { backend })
             }),
+            topics: Mutex::default(),
         }
     }
 
@@ -50,6 +53,27 @@ impl Backends {
     {
         Backends {
             connect: Box::new(connect),
+            topics: Mutex::default(),
+        }
+    }
+
+    /// A fresh topic for this test, deleted with its dead letters when the
+    /// test ends.
+    fn topic(&self, name: &str) -> String {
+        let topic = format!("wq.{name}.{}", eventforge::new_id().replace('-', ""));
+        self.topics.lock().unwrap().push(topic.clone());
+        topic
+    }
+
+    /// Deletes the test's topics, so shared brokers do not fill up with them.
+    pub async fn clean_up(&self) {
+        let topics = std::mem::take(&mut *self.topics.lock().unwrap());
+        let backend = (self.connect)().await;
+        for topic in topics {
+            for name in [dead_letter_topic(&topic), topic] {
+                // A test may have closed the store; nothing is left to delete then.
+                let _ = backend.delete_topic(&name).await;
+            }
         }
     }
 
@@ -59,9 +83,6 @@ impl Backends {
         WorkQueue::builder_shared((self.connect)().await).summary_interval(None)
     }
 }
-
-/// Makes the connections of one test.
-pub type BackendsFactory = fn() -> BoxFuture<'static, Backends>;
 
 /// Generates one `#[tokio::test]` per behaviour of this suite for a
 /// backend, in a module named after it.
@@ -100,18 +121,12 @@ macro_rules! work_queue_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $behaviour() {
-                crate::suite::$behaviour($factory).await;
+                let backends = $factory().await;
+                crate::suite::$behaviour(&backends).await;
+                backends.clean_up().await;
             }
         )+
     };
-}
-
-fn unique(name: &str) -> String {
-    format!("wq.{name}.{}", uuid_like())
-}
-
-fn uuid_like() -> String {
-    eventforge::new_id().replace('-', "")
 }
 
 async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
@@ -137,15 +152,14 @@ fn header_u64(job: &eventforge::Job, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("header {key} missing on {:?}", job.message().headers))
 }
 
-pub async fn acked_job_is_not_handed_out_again(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn acked_job_is_not_handed_out_again(backends: &Backends) {
     let visibility = Duration::from_millis(300);
     let queue = backends
         .queue()
         .await
         .visibility_timeout(visibility)
         .build();
-    let topic = unique("ack");
+    let topic = backends.topic("ack");
     let id = queue.enqueue(&topic, json!({"n": 1})).await.unwrap();
     let job = take(&queue, &topic, "default").await;
     assert_eq!(job.id(), id);
@@ -174,10 +188,9 @@ pub async fn acked_job_is_not_handed_out_again(backends: BackendsFactory) {
     queue.close().await.unwrap();
 }
 
-pub async fn nack_hands_the_job_out_again(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn nack_hands_the_job_out_again(backends: &Backends) {
     let queue = backends.queue().await.build();
-    let topic = unique("nack");
+    let topic = backends.topic("nack");
     let id = queue.enqueue(&topic, "payload").await.unwrap();
     let first = take(&queue, &topic, "default").await;
     first.nack(Nack::Requeue).await.unwrap();
@@ -192,10 +205,9 @@ pub async fn nack_hands_the_job_out_again(backends: BackendsFactory) {
     queue.close().await.unwrap();
 }
 
-pub async fn delayed_nack_waits_for_its_delay(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn delayed_nack_waits_for_its_delay(backends: &Backends) {
     let queue = backends.queue().await.build();
-    let topic = unique("delay");
+    let topic = backends.topic("delay");
     queue.enqueue(&topic, 1).await.unwrap();
     let delay = Duration::from_millis(400);
     let job = take(&queue, &topic, "default").await;
@@ -236,10 +248,9 @@ async fn failing_consumer(
     (consumer, tries)
 }
 
-pub async fn max_retries_leads_to_the_dead_letter_with_the_reason(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn max_retries_leads_to_the_dead_letter_with_the_reason(backends: &Backends) {
     let queue = backends.queue().await.max_retries(3).build();
-    let topic = unique("dead");
+    let topic = backends.topic("dead");
     let id = queue.enqueue(&topic, json!({"bad": true})).await.unwrap();
     let (consumer, tries) = failing_consumer(&queue, &topic, |_| {
         Err(Nack::Delay(Duration::from_millis(10)))
@@ -270,10 +281,9 @@ pub async fn max_retries_leads_to_the_dead_letter_with_the_reason(backends: Back
     queue.close().await.unwrap();
 }
 
-pub async fn handler_can_dead_letter_at_once(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn handler_can_dead_letter_at_once(backends: &Backends) {
     let queue = backends.queue().await.max_retries(5).build();
-    let topic = unique("reject");
+    let topic = backends.topic("reject");
     queue.enqueue(&topic, "poison").await.unwrap();
     let (consumer, tries) = failing_consumer(&queue, &topic, |_| {
         Err(Nack::DeadLetter("unknown customer".into()))
@@ -296,10 +306,9 @@ pub async fn handler_can_dead_letter_at_once(backends: BackendsFactory) {
     queue.close().await.unwrap();
 }
 
-pub async fn panicking_handler_is_a_failed_try(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn panicking_handler_is_a_failed_try(backends: &Backends) {
     let queue = backends.queue().await.build();
-    let topic = unique("panic");
+    let topic = backends.topic("panic");
     queue.enqueue(&topic, 7).await.unwrap();
     let (done_tx, mut done_rx) = watch::channel(Vec::<u64>::new());
     let consumer = queue
@@ -352,10 +361,9 @@ async fn collect(
     seen
 }
 
-pub async fn two_groups_each_get_every_job(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn two_groups_each_get_every_job(backends: &Backends) {
     let queue = backends.queue().await.groups(["billing", "audit"]).build();
-    let topic = unique("groups");
+    let topic = backends.topic("groups");
     let mut ids = HashSet::new();
     for n in 0..20 {
         ids.insert(queue.enqueue(&topic, n).await.unwrap());
@@ -374,9 +382,8 @@ pub async fn two_groups_each_get_every_job(backends: BackendsFactory) {
     other.close().await.unwrap();
 }
 
-pub async fn consumers_of_one_group_share_the_jobs(backends: BackendsFactory) {
-    let backends = backends().await;
-    let topic = unique("compete");
+pub async fn consumers_of_one_group_share_the_jobs(backends: &Backends) {
+    let topic = backends.topic("compete");
     let producer = backends.queue().await.build();
     let jobs = 200;
     let (seen_tx, mut seen_rx) = watch::channel(Vec::<(usize, String)>::new());
@@ -428,8 +435,7 @@ pub async fn consumers_of_one_group_share_the_jobs(backends: BackendsFactory) {
     producer.close().await.unwrap();
 }
 
-pub async fn visibility_timeout_hands_the_job_to_another_consumer(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn visibility_timeout_hands_the_job_to_another_consumer(backends: &Backends) {
     let visibility = Duration::from_millis(500);
     let crashed = backends
         .queue()
@@ -441,7 +447,7 @@ pub async fn visibility_timeout_hands_the_job_to_another_consumer(backends: Back
         .await
         .visibility_timeout(visibility)
         .build();
-    let topic = unique("visibility");
+    let topic = backends.topic("visibility");
     let id = crashed.enqueue(&topic, "work").await.unwrap();
     let job = take(&crashed, &topic, "default").await;
     let taken_at = Instant::now();
@@ -460,8 +466,7 @@ pub async fn visibility_timeout_hands_the_job_to_another_consumer(backends: Back
     crashed.close().await.unwrap();
 }
 
-pub async fn expired_last_try_is_dead_lettered(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn expired_last_try_is_dead_lettered(backends: &Backends) {
     let visibility = Duration::from_millis(300);
     let queue = backends
         .queue()
@@ -469,7 +474,7 @@ pub async fn expired_last_try_is_dead_lettered(backends: BackendsFactory) {
         .visibility_timeout(visibility)
         .max_retries(0)
         .build();
-    let topic = unique("expired");
+    let topic = backends.topic("expired");
     let id = queue.enqueue(&topic, "stuck").await.unwrap();
     std::mem::forget(take(&queue, &topic, "default").await);
     // The next look after the timeout finds the job out of tries.
@@ -491,10 +496,9 @@ pub async fn expired_last_try_is_dead_lettered(backends: BackendsFactory) {
     queue.close().await.unwrap();
 }
 
-pub async fn queue_full_is_typed_and_recovers(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn queue_full_is_typed_and_recovers(backends: &Backends) {
     let queue = backends.queue().await.max_size(5).build();
-    let topic = unique("full");
+    let topic = backends.topic("full");
     for n in 0..5 {
         queue.enqueue(&topic, n).await.unwrap();
     }
@@ -521,10 +525,9 @@ pub async fn queue_full_is_typed_and_recovers(backends: BackendsFactory) {
     queue.close().await.unwrap();
 }
 
-pub async fn stats_count_pending_and_in_flight(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn stats_count_pending_and_in_flight(backends: &Backends) {
     let queue = backends.queue().await.build();
-    let topic = unique("stats");
+    let topic = backends.topic("stats");
     let empty = queue.stats(&topic, "default").await.unwrap();
     assert_eq!((empty.pending, empty.in_flight), (0, 0));
     for n in 0..3 {
@@ -557,10 +560,9 @@ pub async fn stats_count_pending_and_in_flight(backends: BackendsFactory) {
     queue.close().await.unwrap();
 }
 
-pub async fn declared_group_keeps_jobs_for_later_consumers(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn declared_group_keeps_jobs_for_later_consumers(backends: &Backends) {
     let queue = backends.queue().await.build();
-    let topic = unique("declared");
+    let topic = backends.topic("declared");
     let early = queue.enqueue(&topic, "before any consumer").await.unwrap();
     queue.create_group(&topic, "late").await.unwrap();
     let later = queue.enqueue(&topic, "after the late group").await.unwrap();
@@ -573,10 +575,9 @@ pub async fn declared_group_keeps_jobs_for_later_consumers(backends: BackendsFac
     queue.close().await.unwrap();
 }
 
-pub async fn lifecycle_events_stream_live(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn lifecycle_events_stream_live(backends: &Backends) {
     let queue = backends.queue().await.max_retries(2).build();
-    let topic = unique("events");
+    let topic = backends.topic("events");
     let mut events = queue.events().subscribe("_events.**").await.unwrap();
     let good = queue.enqueue(&topic, "good").await.unwrap();
     let bad = queue.enqueue(&topic, "bad").await.unwrap();
@@ -624,14 +625,13 @@ pub async fn lifecycle_events_stream_live(backends: BackendsFactory) {
     queue.close().await.unwrap();
 }
 
-pub async fn summary_event_reports_counts(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn summary_event_reports_counts(backends: &Backends) {
     let queue = backends
         .queue()
         .await
         .summary_interval(Some(Duration::from_millis(100)))
         .build();
-    let topic = unique("summary");
+    let topic = backends.topic("summary");
     let mut summaries = queue
         .events()
         .subscribe(format!("_events.{topic}.summary").as_str())
@@ -656,10 +656,9 @@ pub async fn summary_event_reports_counts(backends: BackendsFactory) {
     queue.close().await.unwrap();
 }
 
-pub async fn closed_queue_refuses_work(backends: BackendsFactory) {
-    let backends = backends().await;
+pub async fn closed_queue_refuses_work(backends: &Backends) {
     let queue = backends.queue().await.build();
-    let topic = unique("closed");
+    let topic = backends.topic("closed");
     queue.close().await.unwrap();
     queue.close().await.expect("close is idempotent");
     assert!(matches!(
@@ -700,17 +699,16 @@ pub async fn closed_queue_refuses_work(backends: BackendsFactory) {
 
 /// 5,000 jobs flow while the consumer crashes and restarts five times:
 /// every job is completed, none lost (some may run twice: at least once).
-pub async fn no_loss_across_consumer_restarts(backends: BackendsFactory) {
+pub async fn no_loss_across_consumer_restarts(backends: &Backends) {
     const JOBS: usize = 5_000;
     const RESTARTS: usize = 5;
-    let backends = backends().await;
     let visibility = Duration::from_secs(1);
     // Enough tries that a job caught in several crashes is still retried:
     // this test is about loss, not dead letters.
     let settings =
         move |builder: WorkQueueBuilder| builder.visibility_timeout(visibility).max_retries(20);
     let producer = settings(backends.queue().await).build();
-    let topic = unique("restarts");
+    let topic = backends.topic("restarts");
     let (done_tx, mut done_rx) = watch::channel(HashSet::<String>::new());
     let done_tx = Arc::new(done_tx);
 

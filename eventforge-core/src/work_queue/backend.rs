@@ -195,6 +195,11 @@ pub trait WorkBackend: Send + Sync + fmt::Debug + 'static {
     /// Figures for `group` on `topic`.
     async fn stats(&self, options: &WorkOptions, topic: &str, group: &str) -> Result<BackendStats>;
 
+    /// Deletes `topic` with its groups and every job it holds, waiting or in
+    /// flight (for administration and tests; the dead-letter topic is a
+    /// topic of its own). False when there was no such topic.
+    async fn delete_topic(&self, topic: &str) -> Result<bool>;
+
     /// Releases connections and background tasks. Idempotent.
     async fn close(&self) -> Result<()>;
 }

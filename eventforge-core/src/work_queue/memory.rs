@@ -360,8 +360,12 @@ impl WorkBackend for MemoryWorkBackend {
         loop {
             match tokio::time::timeout_at(wake_at, &mut waiting.hand).await {
                 Ok(Ok(delivery)) => return Ok(Some(delivery)),
-                // The sender went away: the store was closed.
-                Ok(Err(_)) => return Err(Error::Closed("memory work queue")),
+                // The sender went away: the store was closed, or the topic
+                // deleted (then there is nothing to wait for).
+                Ok(Err(_)) if self.closed.load(Ordering::Acquire) => {
+                    return Err(Error::Closed("memory work queue"));
+                }
+                Ok(Err(_)) => return Ok(None),
                 Err(_) => {}
             }
             // A retry came due or a delivery expired: hand it out in line order.
@@ -446,6 +450,12 @@ impl WorkBackend for MemoryWorkBackend {
             pending: (state.ready.len() + state.delayed.len()) as u64,
             in_flight: state.in_flight.len() as u64,
         })
+    }
+
+    async fn delete_topic(&self, topic: &str) -> Result<bool> {
+        // Dropping the groups drops their waiters' senders: a consumer
+        // waiting on the topic wakes, finds nothing and waits again.
+        Ok(self.topics()?.remove(topic).is_some())
     }
 
     async fn close(&self) -> Result<()> {
