@@ -63,6 +63,16 @@ impl PrivateBroker {
         self.launch().await;
     }
 
+    /// Kills the broker; [`resume`](Self::resume) starts it again on the same port.
+    pub async fn stop(&mut self) {
+        self.kill().await;
+    }
+
+    /// Starts a stopped broker again on its port.
+    pub async fn resume(&mut self) {
+        self.launch().await;
+    }
+
     async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("kill the broker");
