@@ -38,9 +38,11 @@
 //!   delayed retries. Expired deliveries not yet claimed again count as in
 //!   flight. `max_size` is checked against `pending + in_flight` in the
 //!   enqueue script, before the `XADD`.
-//! - Trimming: every ack batch ends with `XTRIM MINID` at the oldest entry
+//! - Trimming: an ack batch ends with `XTRIM MINID` at the oldest entry
 //!   some group still needs (its oldest pending entry, or the one after its
 //!   last delivered entry), so entries acked by every group are removed.
+//!   Under load a process trims a stream at most every 10 ms; acks made in
+//!   between are followed by a trim once the 10 ms have passed.
 //! - An entry that is not a Message (written by something else) is acked
 //!   with a warning and counted in [`RedisStreamsStats::undecodable`].
 //!
@@ -65,7 +67,7 @@ use eventforge_core::{
 };
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +83,12 @@ pub const DEFAULT_PREFIX: &str = "eventforge:wq:";
 
 /// Most jobs or acks sent to Redis in one round of script calls.
 const MAX_BATCH: usize = 1024;
+
+/// Shortest time between two trims of one stream by one process.
+const TRIM_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Batches of enqueues, and of acks, sent to Redis and not answered yet.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Requests waiting for the enqueue or ack task before callers wait.
 const QUEUE: usize = 8192;
@@ -560,7 +568,12 @@ struct Enqueue {
 /// Sends waiting jobs to Redis: one script call per topic and options.
 async fn enqueue_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Enqueue>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
+        // While every batch is in flight, jobs gather for a larger next one.
+        if !wait_for_permit(&shared, &permits).await {
+            return;
+        }
         let received = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return,
@@ -579,12 +592,23 @@ async fn enqueue_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Enqueue>) {
             });
             by_topic[slot].push(job);
         }
-        let calls = by_topic.into_iter().map(|jobs| store(&shared, jobs));
-        tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => return,
-            _ = futures::future::join_all(calls) => {}
-        }
+        let calls = {
+            let shared = Arc::clone(&shared);
+            async move {
+                let calls = by_topic.into_iter().map(|jobs| store(&shared, jobs));
+                futures::future::join_all(calls).await;
+            }
+        };
+        spawn_batch(&shared, &permits, calls).await;
+    }
+}
+
+/// Waits until a batch may start; false when shutting down.
+async fn wait_for_permit(shared: &Shared, permits: &Semaphore) -> bool {
+    tokio::select! {
+        biased;
+        _ = shared.shutdown.cancelled() => false,
+        permit = permits.acquire() => permit.is_ok(),
     }
 }
 
@@ -658,10 +682,27 @@ struct Settle {
 /// Sends waiting acks to Redis: one script call per topic and group.
 async fn settle_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Settle>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut trims = Trims::default();
     loop {
+        // While every batch is in flight, acks gather for a larger next one.
+        if !wait_for_permit(&shared, &permits).await {
+            return;
+        }
+        let trim_due = trims.next_due();
         let received = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(trim_due.unwrap_or_else(Instant::now).into()), if trim_due.is_some() => {
+                for topic in trims.take_due() {
+                    let trim = {
+                        let shared = Arc::clone(&shared);
+                        async move { trim_stream(&shared, &topic).await }
+                    };
+                    spawn_batch(&shared, &permits, trim).await;
+                }
+                continue;
+            }
             received = queue.recv_many(&mut batch, MAX_BATCH) => received,
         };
         if received == 0 {
@@ -674,21 +715,125 @@ async fn settle_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Settle>) {
                 .or_default()
                 .push(settle);
         }
-        let calls = by_group.into_values().map(|acks| ack_group(&shared, acks));
+        let calls: Vec<_> = by_group
+            .into_iter()
+            .map(|((topic, _), acks)| (trims.now(&topic), acks))
+            .collect();
+        let calls = {
+            let shared = Arc::clone(&shared);
+            async move {
+                let calls = calls
+                    .into_iter()
+                    .map(|(trim, acks)| ack_group(&shared, acks, trim));
+                futures::future::join_all(calls).await;
+            }
+        };
+        spawn_batch(&shared, &permits, calls).await;
+    }
+}
+
+/// When this process last trimmed each topic's stream, and whether acks
+/// made since then still owe a trim.
+///
+/// Trimming costs a few commands per group, so under load it runs at most
+/// every [`TRIM_INTERVAL`] per topic; the acks in between leave a trim owed,
+/// made when the interval has passed.
+#[derive(Debug, Default)]
+struct Trims {
+    topics: HashMap<String, (Instant, bool)>,
+}
+
+impl Trims {
+    /// Whether acks on `topic` sent now should trim; if not, a trim is owed.
+    fn now(&mut self, topic: &str) -> bool {
+        let now = Instant::now();
+        match self.topics.get_mut(topic) {
+            Some((last, owed)) if now.duration_since(*last) < TRIM_INTERVAL => {
+                *owed = true;
+                false
+            }
+            Some((last, owed)) => {
+                *last = now;
+                *owed = false;
+                true
+            }
+            None => {
+                self.topics.insert(topic.to_owned(), (now, false));
+                true
+            }
+        }
+    }
+
+    /// When the first owed trim is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.topics
+            .values()
+            .filter(|(_, owed)| *owed)
+            .map(|(last, _)| *last + TRIM_INTERVAL)
+            .min()
+    }
+
+    /// Topics whose owed trim is due now; forgets topics long quiet.
+    fn take_due(&mut self) -> Vec<String> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        self.topics.retain(|topic, (last, owed)| {
+            if *owed && now.duration_since(*last) >= TRIM_INTERVAL {
+                *last = now;
+                *owed = false;
+                due.push(topic.clone());
+            }
+            *owed || now.duration_since(*last) < TRIM_INTERVAL * 100
+        });
+        due
+    }
+}
+
+/// Runs one batch of script calls as its own task once fewer than
+/// [`BATCHES_IN_FLIGHT`] are running, so callers wait for one round trip
+/// rather than for the batch before theirs too.
+async fn spawn_batch(
+    shared: &Arc<Shared>,
+    permits: &Arc<Semaphore>,
+    batch: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let permit = tokio::select! {
+        biased;
+        _ = shared.shutdown.cancelled() => return,
+        permit = Arc::clone(permits).acquire_owned() => permit,
+    };
+    let shutdown = shared.shutdown.clone();
+    tokio::spawn(async move {
+        // Held until the batch is done.
+        let _permit = permit;
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return,
-            _ = futures::future::join_all(calls) => {}
+            _ = shutdown.cancelled() => {}
+            _ = batch => {}
         }
+    });
+}
+
+/// Removes the entries of `topic` that every group acked.
+async fn trim_stream(shared: &Shared, topic: &str) {
+    let stream = shared.stream_key(topic);
+    if let Err(error) = shared
+        .link
+        .eval(Script::Ack, &[&stream], &[b"", b"1"])
+        .await
+    {
+        // The next ack trims instead.
+        tracing::debug!(topic, %error, "redis work queue trim failed");
     }
 }
 
 /// Acks deliveries of one group in one script call and answers their callers.
-async fn ack_group(shared: &Shared, acks: Vec<Settle>) {
+async fn ack_group(shared: &Shared, acks: Vec<Settle>, trim: bool) {
     let stream = shared.stream_key(&acks[0].topic);
     let counts: Vec<String> = acks.iter().map(|a| a.delivered.to_string()).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 3 * acks.len());
+    let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 3 * acks.len());
     args.push(acks[0].group.as_bytes());
+    args.push(if trim { b"1" } else { b"0" });
     for (ack, count) in acks.iter().zip(&counts) {
         args.push(ack.entry.as_bytes());
         args.push(ack.consumer.as_bytes());
@@ -862,7 +1007,9 @@ async fn fetch_batch(shared: &Shared, fetcher: &Fetcher, plan: FetchPlan) -> Res
     let options = &shared.options;
     let stream = shared.stream_key(topic);
     let delayed = shared.delayed_key(topic, group);
-    let visibility_ms = millis(plan.visibility_timeout);
+    // One millisecond more, as Redis counts idle time in whole milliseconds:
+    // a delivery is never taken back before its timeout.
+    let visibility_ms = millis(plan.visibility_timeout) + 1;
     // Scanning for expired deliveries is done at most every poll interval
     // (and often enough for short visibility timeouts).
     let scan_every = options.poll_interval.min(plan.visibility_timeout / 2);
@@ -1140,6 +1287,28 @@ impl WorkBackend for RedisStreamsBackend {
                 let mut state = fetcher.state();
                 while let Some(job) = state.buffer.pop_front() {
                     if job.at.elapsed() <= fresh_for {
+                        let batch = shared.options.batch_size;
+                        if state.backlog
+                            && state.waiters > 1
+                            && !state.fetching
+                            && state.buffer.len() < batch / 2
+                        {
+                            // More is waiting in Redis and several calls
+                            // want it: fetch it while the buffer is handed
+                            // out.
+                            state.fetching = true;
+                            let plan = FetchPlan {
+                                count: batch,
+                                visibility_timeout: options.visibility_timeout,
+                                from_start: options.groups.iter().any(|g| g == group),
+                                block: Duration::ZERO,
+                            };
+                            tokio::spawn(fetch(
+                                Arc::clone(&self.shared),
+                                Arc::clone(fetcher),
+                                plan,
+                            ));
+                        }
                         return Ok(Some(delivery(topic, group, consumer, job)));
                     }
                     tracing::debug!(topic, group, job_id = %job.message.id, "buffered job too old; left to expire");
@@ -1214,7 +1383,8 @@ impl WorkBackend for RedisStreamsBackend {
         let (group, consumer) = (receipt.group.clone(), receipt.consumer.clone());
         let token = own_token(receipt)?;
         let delivered = token.delivered.to_string();
-        let delay = millis(delay).to_string();
+        // Rounded up, so the job is never handed out before its delay.
+        let delay = (millis(delay) + u64::from(delay.subsec_nanos() % 1_000_000 != 0)).to_string();
         let value = self
             .shared
             .link

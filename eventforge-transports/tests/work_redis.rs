@@ -9,7 +9,6 @@
 
 mod private_broker;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use eventforge_core::{Delivery, Error, Message, WorkBackend, WorkOptions};
@@ -110,6 +109,23 @@ impl Queue {
             .unwrap()
     }
 
+    /// Waits for the stream to hold `expected` entries: trimming may run
+    /// just after an ack returns, and nothing marks it (last resort).
+    async fn wait_stream_len(&self, expected: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let length = self.stream_len().await;
+            if length == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream length {length}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn clean_up(self, extra_groups: &[&str]) {
         let mut keys = vec![self.backend.stream_key(&self.topic)];
         for group in self
@@ -183,8 +199,8 @@ async fn an_unacked_job_comes_back_after_the_visibility_timeout_and_a_late_ack_f
     };
     let queue = Queue::with("visibility", options).await;
     queue.enqueue(5).await;
-    let first = queue.receive("default", &consumer()).await;
     let taken = Instant::now();
+    let first = queue.receive("default", &consumer()).await;
     assert_eq!(first.attempt, 1);
     let second = queue.receive("default", &consumer()).await;
     assert!(
@@ -313,22 +329,44 @@ async fn two_groups_each_receive_every_job() {
     queue.clean_up(&[]).await;
 }
 
-#[tokio::test]
-async fn consumers_of_one_group_share_the_jobs() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_consumers_handle_each_job_once() {
     let queue = Queue::new("competing").await;
     for n in 0..40 {
         queue.enqueue(n).await;
     }
-    let (one, two) = (consumer(), consumer());
-    let mut seen = HashSet::new();
-    for i in 0..40 {
-        let me = if i % 2 == 0 { &one } else { &two };
-        let delivery = queue.receive("default", me).await;
-        assert!(seen.insert(payload(&delivery)), "each job once");
-        queue.backend.ack(delivery.receipt).await.unwrap();
-    }
-    assert_eq!(seen.len(), 40);
-    assert!(queue.try_receive("default", &one, QUIET).await.is_none());
+    let seen = std::sync::Mutex::new(Vec::new());
+    let work = |me: String| {
+        let (queue, seen) = (&queue, &seen);
+        async move {
+            let mut mine = 0;
+            while seen.lock().unwrap().len() < 40 {
+                let Some(delivery) = queue
+                    .try_receive("default", &me, Duration::from_millis(100))
+                    .await
+                else {
+                    continue;
+                };
+                seen.lock().unwrap().push(payload(&delivery));
+                queue.backend.ack(delivery.receipt).await.unwrap();
+                mine += 1;
+            }
+            mine
+        }
+    };
+    let (one, two) = tokio::time::timeout(PATIENCE, async {
+        tokio::join!(work(consumer()), work(consumer()))
+    })
+    .await
+    .expect("all jobs handled in time");
+    let mut seen = seen.into_inner().unwrap();
+    seen.sort();
+    assert_eq!(seen, (0..40).collect::<Vec<_>>(), "each job exactly once");
+    assert_eq!(one + two, 40);
+    assert!(queue
+        .try_receive("default", &consumer(), QUIET)
+        .await
+        .is_none());
     queue.clean_up(&[]).await;
 }
 
@@ -478,11 +516,20 @@ async fn jobs_acked_by_every_group_are_removed_from_the_stream() {
         let delivery = queue.receive("a", &me).await;
         queue.backend.ack(delivery.receipt).await.unwrap();
     }
-    assert_eq!(queue.stream_len().await, 6, "group b still needs them all");
-    for expected_left in (0..6).rev() {
+    // A's acks alone remove nothing: once a trim has run after b's first
+    // ack, only that entry is gone.
+    let first_b = queue.receive("b", &me).await;
+    queue.backend.ack(first_b.receipt).await.unwrap();
+    queue.wait_stream_len(5).await;
+    assert_eq!(
+        queue.stream_len().await,
+        5,
+        "group b still needs the others"
+    );
+    for expected_left in (0..5).rev() {
         let delivery = queue.receive("b", &me).await;
         queue.backend.ack(delivery.receipt).await.unwrap();
-        assert_eq!(queue.stream_len().await, expected_left);
+        queue.wait_stream_len(expected_left).await;
     }
     queue.clean_up(&[]).await;
 }

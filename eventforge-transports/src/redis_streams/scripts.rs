@@ -206,15 +206,15 @@ if first[2] then next_due = math.max(0, tonumber(first[2]) - now) end
 return {out, cursor, next_due}
 "#;
 
-/// Acks deliveries still owned as the receipts say, then trims.
+/// Acks deliveries still owned as the receipts say, then trims if asked.
 ///
-/// KEYS: stream. ARGV: group, then (id, consumer, delivery count) per
-/// delivery; a count of 0 acks without the ownership check. Returns 1 per
-/// delivery acked, 0 per delivery that had expired.
+/// KEYS: stream. ARGV: group, trim (`1` or `0`), then (id, consumer,
+/// delivery count) per delivery; a count of 0 acks without the ownership
+/// check. Returns 1 per delivery acked, 0 per delivery that had expired.
 const ACK: &str = r#"
 local stream, group = KEYS[1], ARGV[1]
 local done = {}
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local id, consumer, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local delivery = owner(stream, group, id)
   if delivery and (count == 0 or (delivery[2] == consumer and delivery[4] == count)) then
@@ -224,7 +224,7 @@ for i = 2, #ARGV, 3 do
     done[#done + 1] = 0
   end
 end
-trim(stream)
+if ARGV[2] == '1' then trim(stream) end
 return done
 "#;
 
@@ -239,7 +239,8 @@ local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
 local delivery = owner(stream, group, id)
 if not delivery or delivery[2] ~= consumer or delivery[4] ~= tonumber(ARGV[4]) then return 0 end
 redis.call('XCLAIM', stream, group, ARGV[6], 0, id, 'JUSTID')
-redis.call('ZADD', delayed, now_ms() + tonumber(ARGV[5]), id)
+-- Due one millisecond late rather than early: TIME is read in whole ms.
+redis.call('ZADD', delayed, now_ms() + tonumber(ARGV[5]) + 1, id)
 return 1
 "#;
 
