@@ -36,22 +36,33 @@
 //! - Stats: `pending` is the group's lag (entries never delivered) plus its
 //!   delayed retries; `in_flight` is its pending entries list minus the
 //!   delayed retries. Expired deliveries not yet claimed again count as in
-//!   flight. `max_size` is checked against `pending + in_flight` in the
-//!   enqueue script, before the `XADD`.
+//!   flight. Jobs this process has taken from Redis for its consumers but
+//!   not handed out yet count as pending (those of other processes count
+//!   as in flight). `max_size` is checked against `pending + in_flight` in
+//!   the enqueue script, before the `XADD`.
 //! - Trimming: an ack batch ends with `XTRIM MINID` at the oldest entry
 //!   some group still needs (its oldest pending entry, or the one after its
 //!   last delivered entry), so entries acked by every group are removed.
 //!   Under load a process trims a stream at most every 10 ms; acks made in
 //!   between are followed by a trim once the 10 ms have passed.
 //! - An entry that is not a Message (written by something else) is acked
-//!   with a warning and counted in [`RedisStreamsStats::undecodable`].
+//!   with a warning and counted in [`RedisStreamsStats::undecodable`]; an
+//!   entry deleted while in flight is dropped from the group when its
+//!   visibility timeout passes.
+//! - A group that disappeared (Redis restarted without persistence) is
+//!   made again by the next receive, as described above.
 //!
 //! # Speed
 //!
-//! A consumer fetches a batch (up to [`batch_size`](RedisStreamsBackendBuilder::batch_size))
-//! in one script call and hands it out to its concurrent `receive` calls;
-//! enqueues and acks waiting at the same time go to Redis as one script call
-//! per topic (enqueue) or per topic and group (ack).
+//! A consumer takes one job per waiting `receive` call from Redis in one
+//! script call; once a fetch got all it asked for (a backlog), it takes
+//! whole batches (up to [`batch_size`](RedisStreamsBackendBuilder::batch_size))
+//! and, with several calls waiting, fetches the next batch while handing
+//! out the current one. Enqueues and acks waiting at the same time go to
+//! Redis as one script call per topic (enqueue) or per topic and group
+//! (ack), with up to four such batches in flight. Blocking reads
+//! (`XREADGROUP BLOCK`, at most the poll interval) use connections of their
+//! own, so they never hold up other commands.
 
 mod scripts;
 
@@ -114,10 +125,14 @@ pub struct RedisStreamsStats {
 #[derive(Debug, Clone)]
 pub struct RedisStreamsBackendBuilder {
     url: String,
+    // Put before every key, so several applications can share one Redis.
     prefix: String,
+    // Most jobs taken from Redis in one fetch.
     batch_size: usize,
+    // Bounds blocking reads, so due retries and expired jobs are noticed.
     poll_interval: Duration,
     command_timeout: Duration,
+    // Reconnection pacing while Redis is unreachable.
     initial_backoff: Duration,
     max_backoff: Duration,
 }
@@ -226,9 +241,11 @@ impl RedisStreamsBackendBuilder {
 /// [`Error::Transport`], and work again once it is back.
 #[derive(Debug)]
 pub struct RedisStreamsBackend {
+    // Also held by the background tasks.
     shared: Arc<Shared>,
     // Queue of the enqueue task.
     enqueue: mpsc::Sender<Enqueue>,
+    // Set by `close`: every call fails with `Error::Closed` from then on.
     closed: AtomicBool,
     // Joined by `close`.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -297,6 +314,7 @@ struct Token {
 /// State shared with the background tasks.
 #[derive(Debug)]
 struct Shared {
+    // The connection every script call goes through.
     link: Link,
     // One per (topic, group, consumer) being received from.
     fetchers: Mutex<HashMap<FetchKey, Arc<Fetcher>>>,
@@ -304,6 +322,7 @@ struct Shared {
     settle: mpsc::Sender<Settle>,
     // Ends the background tasks and waiting calls.
     shutdown: CancellationToken,
+    // Entries skipped because they were not a Message.
     undecodable: AtomicU64,
     options: RedisStreamsBackendBuilder,
 }
@@ -351,6 +370,8 @@ impl Shared {
 #[derive(Debug)]
 struct Link {
     client: redis::Client,
+    // Timeouts of the shared connection: a command answered later fails,
+    // and the connection is replaced.
     config: AsyncConnectionConfig,
     // Serialises connection attempts.
     connecting: tokio::sync::Mutex<()>,
@@ -358,6 +379,7 @@ struct Link {
     // Idle connections for blocking reads, which would hold up every other
     // command on the shared connection.
     blocking: Mutex<Vec<MultiplexedConnection>>,
+    // Connections made after the first, for `RedisStreamsStats`.
     reconnects: AtomicU64,
     // SHA1 digests of the scripts, by `Script::index`, known after the first load.
     digests: Mutex<Vec<String>>,
@@ -366,10 +388,13 @@ struct Link {
 
 #[derive(Debug)]
 struct LinkState {
+    // None while Redis is unreachable; tagged with its generation so a late
+    // failure of an old connection does not drop its replacement.
     connection: Option<(u64, MultiplexedConnection)>,
     generation: u64,
     // No connection attempt before this instant after a failed one.
     next_attempt: Instant,
+    // Wait after the next failed attempt.
     backoff: Duration,
 }
 
@@ -559,9 +584,12 @@ fn connection_lost(error: &redis::RedisError) -> bool {
 #[derive(Debug)]
 struct Enqueue {
     topic: String,
+    // Jobs with the same topic, limit and declared groups share a call.
     max_size: u64,
     groups: Vec<String>,
+    // The Message as the protocol's JSON.
     payload: Vec<u8>,
+    // Stored, refused (QueueFull) or failed.
     done: oneshot::Sender<Result<()>>,
 }
 
@@ -675,7 +703,9 @@ struct Settle {
     entry: String,
     // 0 acks whoever holds the entry (garbage entries).
     delivered: u32,
+    // For `Error::DeliveryExpired`.
     job_id: String,
+    // None when nobody waits for the answer (garbage entries).
     done: Option<oneshot::Sender<Result<()>>>,
 }
 
@@ -888,6 +918,7 @@ type FetchKey = (String, String, String);
 /// out yet, shared by the consumer's concurrent `receive` calls.
 #[derive(Debug)]
 struct Fetcher {
+    // Its place in `Shared::fetchers`; also what it fetches.
     key: FetchKey,
     state: Mutex<FetchState>,
     // Woken when a fetch ends.
@@ -896,6 +927,7 @@ struct Fetcher {
 
 #[derive(Debug)]
 struct FetchState {
+    // Taken from Redis, not handed out yet; in flight for Redis.
     buffer: VecDeque<Fetched>,
     // A fetch task is running: nobody starts another.
     fetching: bool,
@@ -924,8 +956,12 @@ impl FetchState {
 #[derive(Debug)]
 struct Fetched {
     message: Message,
+    // Stream entry id, for the receipt.
     entry: String,
+    // Redis's delivery counter: the attempt.
     delivered: u32,
+    // When it was taken: too old a job is not handed out (it could expire
+    // while its handler runs).
     at: Instant,
 }
 

@@ -570,6 +570,53 @@ async fn an_entry_that_is_not_a_message_is_skipped_and_counted() {
 }
 
 #[tokio::test]
+async fn a_job_deleted_while_in_flight_is_dropped_without_error() {
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_millis(300),
+        ..WorkOptions::default()
+    };
+    let queue = Queue::with("deleted", options).await;
+    queue.enqueue(1).await;
+    let taken = queue.receive("default", &consumer()).await;
+    let stream = queue.backend.stream_key(&queue.topic);
+    let mut redis = queue.redis().await;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&entries[0].0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Past the visibility timeout the expiry scan finds the entry gone.
+    assert!(queue
+        .try_receive("default", &consumer(), Duration::from_millis(600))
+        .await
+        .is_none());
+    assert_eq!(queue.stats("default").await, (0, 0));
+    let late = queue.backend.ack(taken.receipt).await;
+    assert!(
+        matches!(late, Err(Error::DeliveryExpired { .. })),
+        "{late:?}"
+    );
+    queue.enqueue(2).await;
+    assert_eq!(
+        queue.stats("default").await,
+        (1, 0),
+        "counted after a deletion"
+    );
+    let next = queue.receive("default", &consumer()).await;
+    assert_eq!(payload(&next), 2);
+    queue.backend.ack(next.receipt).await.unwrap();
+    queue.clean_up(&[]).await;
+}
+
+#[tokio::test]
 async fn a_cancelled_receive_loses_no_job() {
     let options = WorkOptions {
         visibility_timeout: Duration::from_millis(300),
