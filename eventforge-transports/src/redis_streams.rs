@@ -29,10 +29,15 @@
 //!   entries list, so other groups never see it again, and a retry delayed
 //!   beyond the visibility timeout is given back to the reserved consumer
 //!   whenever the expiry scan meets it before it is due.
-//! - `ack` and `retry` check, in the same script as the `XACK`/`XCLAIM`,
-//!   that the delivery is still owned by the receipt's consumer with the
-//!   receipt's delivery count; otherwise they fail with
-//!   [`Error::DeliveryExpired`].
+//! - `retry`, and an `ack` late enough that the delivery may have expired,
+//!   check in the same script as the `XCLAIM`/`XACK` that the delivery is
+//!   still owned by the receipt's consumer with the receipt's delivery
+//!   count; otherwise they fail with [`Error::DeliveryExpired`]. An ack
+//!   sent before the visibility timeout (less a tenth of it, at most 1 s,
+//!   for clocks) has passed since the job was asked from Redis cannot find
+//!   it handed out again, and is a plain pipelined `XACK`; it fails as
+//!   expired only when the entry is no longer pending at all. Every process
+//!   of a group must therefore use the same visibility timeout.
 //! - Stats: `pending` is the group's lag (entries never delivered) plus its
 //!   delayed retries; `in_flight` is its pending entries list minus the
 //!   delayed retries. Expired deliveries not yet claimed again count as in
@@ -55,18 +60,21 @@
 //! # Speed
 //!
 //! A consumer takes one job per waiting `receive` call from Redis in one
-//! script call; once a fetch got all it asked for (a backlog), it takes
-//! whole batches (up to [`batch_size`](RedisStreamsBackendBuilder::batch_size))
-//! and, with several calls waiting, fetches the next batch while handing
-//! out the current one. Enqueues and acks waiting at the same time go to
-//! Redis as one script call per topic (enqueue) or per topic and group
-//! (ack), with up to four such batches in flight. Blocking reads
+//! script call. When several calls waited and the fetch got all it asked
+//! for (a backlog), it takes whole batches (up to
+//! [`batch_size`](RedisStreamsBackendBuilder::batch_size)) and fetches the
+//! next batch while handing out the current one. A consumer calling
+//! `receive` one call at a time never holds more than the job it asked for. Enqueues and acks waiting at the same time go to
+//! Redis together, as one script call per topic (enqueue) and one pipeline
+//! of `XACK`s (ack), with up to four such batches in flight. Blocking reads
 //! (`XREADGROUP BLOCK`, at most the poll interval) use connections of their
 //! own, so they never hold up other commands.
 
 mod scripts;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -76,9 +84,10 @@ use eventforge_core::{
     validate_topic, BackendStats, Delivery, Error, Message, Receipt, Result, WorkBackend,
     WorkOptions,
 };
+use futures::stream::{FuturesUnordered, StreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -309,6 +318,9 @@ struct Token {
     delivered: u32,
     // For `Error::DeliveryExpired`.
     job_id: String,
+    // Until then the delivery cannot have expired: its visibility timeout,
+    // counted from before Redis handed it out, has not passed.
+    unexpired_until: Instant,
 }
 
 /// State shared with the background tasks.
@@ -353,6 +365,37 @@ impl Shared {
             .filter(|((t, g, _), _)| t == topic && g == group)
             .map(|(_, fetcher)| fetcher.state().buffer.len() as u64)
             .sum()
+    }
+
+    /// Waits (a little) for fetches of `group` on `topic` that are about to
+    /// hand jobs over, so figures read next agree with the buffers.
+    async fn fetches_settled(&self, topic: &str, group: &str) {
+        let deadline = tokio::time::Instant::now() + self.options.command_timeout;
+        loop {
+            let busy = {
+                let fetchers = self.fetchers.lock().unwrap_or_else(PoisonError::into_inner);
+                fetchers
+                    .iter()
+                    .filter(|((t, g, _), _)| t == topic && g == group)
+                    .map(|(_, fetcher)| fetcher)
+                    .find(|fetcher| {
+                        let state = fetcher.state();
+                        state.fetching && !state.blocking
+                    })
+                    .cloned()
+            };
+            let Some(fetcher) = busy else { return };
+            let fetched = fetcher.fetched.notified();
+            tokio::pin!(fetched);
+            fetched.as_mut().enable();
+            let still_busy = {
+                let state = fetcher.state();
+                state.fetching && !state.blocking
+            };
+            if still_busy && tokio::time::timeout_at(deadline, fetched).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Forgets a fetcher nobody uses and that holds nothing.
@@ -542,6 +585,16 @@ impl Link {
         })
     }
 
+    /// Sends `pipe` and returns one integer answer per command.
+    async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<i64>> {
+        let (generation, mut connection) = self.connection().await?;
+        pipe.query_async(&mut connection).await.map_err(|error| {
+            self.lost(generation, &error);
+            tracing::debug!(%error, "redis work queue pipeline failed");
+            transport_error(&error)
+        })
+    }
+
     /// A connection for one blocking read.
     async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
         let idle = self
@@ -593,22 +646,26 @@ struct Enqueue {
     done: oneshot::Sender<Result<()>>,
 }
 
-/// Sends waiting jobs to Redis: one script call per topic and options.
+/// Script calls sent and not answered yet, driven by the task that sent
+/// them (no task per batch).
+type Running<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>;
+
+/// Sends waiting jobs to Redis: one script call per topic and options, up
+/// to [`BATCHES_IN_FLIGHT`] rounds of them at once. While every round is in
+/// flight, jobs gather for a larger next one.
 async fn enqueue_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Enqueue>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut running: Running<'_> = FuturesUnordered::new();
     loop {
-        // While every batch is in flight, jobs gather for a larger next one.
-        if !wait_for_permit(&shared, &permits).await {
-            return;
-        }
-        let received = tokio::select! {
+        tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return,
-            received = queue.recv_many(&mut batch, MAX_BATCH) => received,
-        };
-        if received == 0 {
-            return;
+            Some(()) = running.next(), if !running.is_empty() => continue,
+            received = queue.recv_many(&mut batch, MAX_BATCH), if running.len() < BATCHES_IN_FLIGHT => {
+                if received == 0 {
+                    return;
+                }
+            }
         }
         let mut by_topic: Vec<Vec<Enqueue>> = Vec::new();
         let mut index: HashMap<(String, u64, Vec<String>), usize> = HashMap::new();
@@ -620,23 +677,9 @@ async fn enqueue_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Enqueue>) {
             });
             by_topic[slot].push(job);
         }
-        let calls = {
-            let shared = Arc::clone(&shared);
-            async move {
-                let calls = by_topic.into_iter().map(|jobs| store(&shared, jobs));
-                futures::future::join_all(calls).await;
-            }
-        };
-        spawn_batch(&shared, &permits, calls).await;
-    }
-}
-
-/// Waits until a batch may start; false when shutting down.
-async fn wait_for_permit(shared: &Shared, permits: &Semaphore) -> bool {
-    tokio::select! {
-        biased;
-        _ = shared.shutdown.cancelled() => false,
-        permit = permits.acquire() => permit.is_ok(),
+        for jobs in by_topic {
+            running.push(Box::pin(store(&shared, jobs)));
+        }
     }
 }
 
@@ -705,60 +748,69 @@ struct Settle {
     delivered: u32,
     // For `Error::DeliveryExpired`.
     job_id: String,
+    // The delivery may have expired: the ack checks, in a script, that it
+    // is still the receipt's. Otherwise a plain `XACK` does.
+    checked: bool,
     // None when nobody waits for the answer (garbage entries).
     done: Option<oneshot::Sender<Result<()>>>,
 }
 
-/// Sends waiting acks to Redis: one script call per topic and group.
+/// Sends waiting acks to Redis: one script call per topic and group, up
+/// to [`BATCHES_IN_FLIGHT`] rounds of them at once, and the trims owed.
 async fn settle_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Settle>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut running: Running<'_> = FuturesUnordered::new();
     let mut trims = Trims::default();
     loop {
-        // While every batch is in flight, acks gather for a larger next one.
-        if !wait_for_permit(&shared, &permits).await {
-            return;
-        }
         let trim_due = trims.next_due();
-        let received = tokio::select! {
+        tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return,
+            Some(()) = running.next(), if !running.is_empty() => continue,
             _ = tokio::time::sleep_until(trim_due.unwrap_or_else(Instant::now).into()), if trim_due.is_some() => {
                 for topic in trims.take_due() {
-                    let trim = {
-                        let shared = Arc::clone(&shared);
-                        async move { trim_stream(&shared, &topic).await }
-                    };
-                    spawn_batch(&shared, &permits, trim).await;
+                    let shared = &shared;
+                    running.push(Box::pin(async move { trim_stream(shared, &topic).await }));
                 }
                 continue;
             }
-            received = queue.recv_many(&mut batch, MAX_BATCH) => received,
-        };
-        if received == 0 {
-            return;
+            received = queue.recv_many(&mut batch, MAX_BATCH), if running.len() < BATCHES_IN_FLIGHT => {
+                if received == 0 {
+                    return;
+                }
+            }
         }
         let mut by_group: HashMap<(String, String), Vec<Settle>> = HashMap::new();
+        let mut plain = Vec::new();
         for settle in batch.drain(..) {
-            by_group
-                .entry((settle.topic.clone(), settle.group.clone()))
-                .or_default()
-                .push(settle);
-        }
-        let calls: Vec<_> = by_group
-            .into_iter()
-            .map(|((topic, _), acks)| (trims.now(&topic), acks))
-            .collect();
-        let calls = {
-            let shared = Arc::clone(&shared);
-            async move {
-                let calls = calls
-                    .into_iter()
-                    .map(|(trim, acks)| ack_group(&shared, acks, trim));
-                futures::future::join_all(calls).await;
+            if settle.checked {
+                by_group
+                    .entry((settle.topic.clone(), settle.group.clone()))
+                    .or_default()
+                    .push(settle);
+            } else {
+                plain.push(settle);
             }
-        };
-        spawn_batch(&shared, &permits, calls).await;
+        }
+        let mut to_trim: Vec<String> = Vec::new();
+        for settle in &plain {
+            if !to_trim.contains(&settle.topic) && trims.now(&settle.topic) {
+                to_trim.push(settle.topic.clone());
+            }
+        }
+        if !plain.is_empty() {
+            let shared = &shared;
+            running.push(Box::pin(async move {
+                ack_plain(shared, plain).await;
+                for topic in to_trim {
+                    trim_stream(shared, &topic).await;
+                }
+            }));
+        }
+        for ((topic, _), acks) in by_group {
+            let trim = trims.now(&topic);
+            running.push(Box::pin(ack_group(&shared, acks, trim)));
+        }
     }
 }
 
@@ -819,29 +871,56 @@ impl Trims {
     }
 }
 
-/// Runs one batch of script calls as its own task once fewer than
-/// [`BATCHES_IN_FLIGHT`] are running, so callers wait for one round trip
-/// rather than for the batch before theirs too.
-async fn spawn_batch(
-    shared: &Arc<Shared>,
-    permits: &Arc<Semaphore>,
-    batch: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let permit = tokio::select! {
-        biased;
-        _ = shared.shutdown.cancelled() => return,
-        permit = Arc::clone(permits).acquire_owned() => permit,
-    };
-    let shutdown = shared.shutdown.clone();
-    tokio::spawn(async move {
-        // Held until the batch is done.
-        let _permit = permit;
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {}
-            _ = batch => {}
+/// Acks deliveries that cannot have expired, with one pipelined `XACK`
+/// each, and answers their callers. An entry no longer pending (deleted,
+/// or Redis lost it) fails as expired.
+async fn ack_plain(shared: &Shared, acks: Vec<Settle>) {
+    let mut pipe = redis::pipe();
+    for ack in &acks {
+        pipe.cmd("XACK")
+            .arg(shared.stream_key(&ack.topic))
+            .arg(&ack.group)
+            .arg(&ack.entry);
+    }
+    let outcome = shared.link.pipeline(&pipe).await.and_then(|acked| {
+        if acked.len() == acks.len() {
+            Ok(acked)
+        } else {
+            Err(Error::transport(
+                NAME,
+                "Redis answered a different number of XACKs",
+            ))
         }
     });
+    answer_acks(acks, outcome);
+}
+
+/// Gives each caller the outcome of its ack: `Ok(n)` per ack, n = 1 when
+/// acked, 0 when the delivery had expired.
+fn answer_acks(acks: Vec<Settle>, outcome: Result<Vec<i64>>) {
+    match outcome {
+        Ok(done) => {
+            for (ack, acked) in acks.into_iter().zip(done) {
+                let answer = if acked == 1 {
+                    Ok(())
+                } else {
+                    tracing::debug!(topic = %ack.topic, group = %ack.group, job_id = %ack.job_id, "ack of an expired delivery");
+                    Err(Error::DeliveryExpired { job_id: ack.job_id })
+                };
+                if let Some(done) = ack.done {
+                    let _ = done.send(answer);
+                }
+            }
+        }
+        Err(error) => {
+            let reason = error.to_string();
+            for ack in acks {
+                if let Some(done) = ack.done {
+                    let _ = done.send(Err(Error::transport(NAME, reason.clone())));
+                }
+            }
+        }
+    }
 }
 
 /// Removes the entries of `topic` that every group acked.
@@ -874,9 +953,9 @@ async fn ack_group(shared: &Shared, acks: Vec<Settle>, trim: bool) {
         .eval(Script::Ack, &[&stream], &args)
         .await
         .and_then(|value| {
-            let done: Vec<bool> = array(&value)?
+            let done: Vec<i64> = array(&value)?
                 .iter()
-                .map(|v| integer(v) == Some(1))
+                .map(|v| integer(v).unwrap_or(0))
                 .collect();
             if done.len() == acks.len() {
                 Ok(done)
@@ -884,29 +963,7 @@ async fn ack_group(shared: &Shared, acks: Vec<Settle>, trim: bool) {
                 Err(unexpected(&value))
             }
         });
-    match outcome {
-        Ok(done) => {
-            for (ack, acked) in acks.into_iter().zip(done) {
-                let answer = if acked {
-                    Ok(())
-                } else {
-                    tracing::debug!(topic = %ack.topic, group = %ack.group, job_id = %ack.job_id, "ack of an expired delivery");
-                    Err(Error::DeliveryExpired { job_id: ack.job_id })
-                };
-                if let Some(done) = ack.done {
-                    let _ = done.send(answer);
-                }
-            }
-        }
-        Err(error) => {
-            let reason = error.to_string();
-            for ack in acks {
-                if let Some(done) = ack.done {
-                    let _ = done.send(Err(Error::transport(NAME, reason.clone())));
-                }
-            }
-        }
-    }
+    answer_acks(acks, outcome);
 }
 
 // ---------------------------------------------------------------------------
@@ -931,6 +988,9 @@ struct FetchState {
     buffer: VecDeque<Fetched>,
     // A fetch task is running: nobody starts another.
     fetching: bool,
+    // The running fetch is blocked on Redis waiting for new jobs (rather
+    // than about to hand jobs over).
+    blocking: bool,
     // Why the last fetch failed, and when, for the receives waiting on it.
     failed: Option<(Instant, String)>,
     // Where the next scan for expired deliveries starts.
@@ -960,9 +1020,9 @@ struct Fetched {
     entry: String,
     // Redis's delivery counter: the attempt.
     delivered: u32,
-    // When it was taken: too old a job is not handed out (it could expire
-    // while its handler runs).
-    at: Instant,
+    // When Redis was asked for it (before it was handed out): too old a job
+    // is not handed out, as it could expire while its handler runs.
+    asked: Instant,
 }
 
 impl Fetcher {
@@ -972,6 +1032,7 @@ impl Fetcher {
             state: Mutex::new(FetchState {
                 buffer: VecDeque::new(),
                 fetching: false,
+                blocking: false,
                 failed: None,
                 cursor: "0-0".to_owned(),
                 last_scan: None,
@@ -1030,6 +1091,7 @@ async fn fetch(shared: Arc<Shared>, fetcher: Arc<Fetcher>, plan: FetchPlan) {
     {
         let mut state = fetcher.state();
         state.fetching = false;
+        state.blocking = false;
         match outcome {
             Ok(fetched) => state.buffer.extend(fetched),
             Err(error) => state.failed = Some((Instant::now(), error.to_string())),
@@ -1061,6 +1123,7 @@ async fn fetch_batch(shared: &Shared, fetcher: &Fetcher, plan: FetchPlan) -> Res
     };
     let count = plan.count.to_string();
     let from_start = if plan.from_start { "1" } else { "0" };
+    let asked = Instant::now();
     let value = shared
         .link
         .eval(
@@ -1091,7 +1154,9 @@ async fn fetch_batch(shared: &Shared, fetcher: &Fetcher, plan: FetchPlan) -> Res
         state.last_scan = Some(Instant::now());
     }
     let entries = array(entries)?;
-    fetcher.state().backlog = entries.len() >= plan.count;
+    // One job asked and one found says nothing of what is left; a single
+    // caller receiving in turn never holds more than the job it asked for.
+    fetcher.state().backlog = plan.count > 1 && entries.len() >= plan.count;
     let mut fetched = Vec::new();
     for entry in entries {
         let items = array(entry)?;
@@ -1102,12 +1167,12 @@ async fn fetch_batch(shared: &Shared, fetcher: &Fetcher, plan: FetchPlan) -> Res
         ) else {
             return Err(unexpected(entry));
         };
+        let delivered = u32::try_from(delivered).unwrap_or(u32::MAX);
         accept(
             shared,
             fetcher,
-            id,
-            fields,
-            u32::try_from(delivered).unwrap_or(u32::MAX),
+            (id, fields, delivered),
+            asked,
             &mut fetched,
         );
     }
@@ -1118,6 +1183,7 @@ async fn fetch_batch(shared: &Shared, fetcher: &Fetcher, plan: FetchPlan) -> Res
     if let Ok(due) = u64::try_from(next_due) {
         block = block.min(Duration::from_millis(due.max(1)));
     }
+    fetcher.state().blocking = true;
     read_blocking(shared, fetcher, &stream, block, plan.count, &mut fetched).await?;
     Ok(fetched)
 }
@@ -1147,6 +1213,7 @@ async fn read_blocking(
         .arg(">")
         .to_owned();
     let limit = block + shared.options.command_timeout;
+    let asked = Instant::now();
     let value =
         match tokio::time::timeout(limit, command.query_async::<Value>(&mut connection)).await {
             Ok(Ok(value)) => value,
@@ -1185,7 +1252,7 @@ async fn read_blocking(
             let (Some(id), Some(fields)) = (items.first().and_then(text), items.get(1)) else {
                 return Err(unexpected(entry));
             };
-            accept(shared, fetcher, id, fields, 1, fetched);
+            accept(shared, fetcher, (id, fields, 1), asked, fetched);
         }
     }
     Ok(())
@@ -1196,9 +1263,8 @@ async fn read_blocking(
 fn accept(
     shared: &Shared,
     fetcher: &Fetcher,
-    entry: String,
-    fields: &Value,
-    delivered: u32,
+    (entry, fields, delivered): (String, &Value, u32),
+    asked: Instant,
     fetched: &mut Vec<Fetched>,
 ) {
     let (topic, group, consumer) = &fetcher.key;
@@ -1218,7 +1284,7 @@ fn accept(
             message,
             entry,
             delivered,
-            at: Instant::now(),
+            asked,
         }),
         Err(error) => {
             let skipped = shared.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1237,6 +1303,7 @@ fn accept(
                 entry,
                 delivered: 0,
                 job_id: String::new(),
+                checked: false,
                 done: None,
             };
             // When the ack queue is full or closed the entry comes back
@@ -1322,16 +1389,12 @@ impl WorkBackend for RedisStreamsBackend {
             {
                 let mut state = fetcher.state();
                 while let Some(job) = state.buffer.pop_front() {
-                    if job.at.elapsed() <= fresh_for {
+                    if job.asked.elapsed() <= fresh_for {
                         let batch = shared.options.batch_size;
-                        if state.backlog
-                            && state.waiters > 1
-                            && !state.fetching
-                            && state.buffer.len() < batch / 2
-                        {
-                            // More is waiting in Redis and several calls
-                            // want it: fetch it while the buffer is handed
-                            // out.
+                        if state.backlog && !state.fetching && state.buffer.len() < batch / 2 {
+                            // More is waiting in Redis for a consumer that
+                            // receives concurrently: fetch it while the
+                            // buffer is handed out.
                             state.fetching = true;
                             let plan = FetchPlan {
                                 count: batch,
@@ -1345,7 +1408,13 @@ impl WorkBackend for RedisStreamsBackend {
                                 plan,
                             ));
                         }
-                        return Ok(Some(delivery(topic, group, consumer, job)));
+                        return Ok(Some(delivery(
+                            topic,
+                            group,
+                            consumer,
+                            job,
+                            options.visibility_timeout,
+                        )));
                     }
                     tracing::debug!(topic, group, job_id = %job.message.id, "buffered job too old; left to expire");
                 }
@@ -1402,6 +1471,7 @@ impl WorkBackend for RedisStreamsBackend {
             entry: token.entry,
             delivered: token.delivered,
             job_id: token.job_id,
+            checked: Instant::now() >= token.unexpired_until,
             done: Some(done),
         };
         self.shared
@@ -1457,6 +1527,7 @@ impl WorkBackend for RedisStreamsBackend {
         let stream = self.shared.stream_key(topic);
         let delayed = self.shared.delayed_key(topic, group);
         let cap = STATS_COUNT_CAP.to_string();
+        self.shared.fetches_settled(topic, group).await;
         let value = self
             .shared
             .link
@@ -1506,11 +1577,20 @@ impl Drop for RedisStreamsBackend {
 }
 
 /// Hands a buffered job out.
-fn delivery(topic: &str, group: &str, consumer: &str, job: Fetched) -> Delivery {
+fn delivery(
+    topic: &str,
+    group: &str,
+    consumer: &str,
+    job: Fetched,
+    visibility_timeout: Duration,
+) -> Delivery {
+    // A margin for clocks: Redis counts idle time with its wall clock.
+    let margin = (visibility_timeout / 10).min(Duration::from_secs(1));
     let token = Token {
         entry: job.entry,
         delivered: job.delivered,
         job_id: job.message.id.clone(),
+        unexpired_until: job.asked + visibility_timeout.saturating_sub(margin),
     };
     Delivery {
         receipt: Receipt::new(topic, group, consumer, token),

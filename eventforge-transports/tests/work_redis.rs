@@ -219,6 +219,24 @@ async fn an_unacked_job_comes_back_after_the_visibility_timeout_and_a_late_ack_f
 }
 
 #[tokio::test]
+async fn a_late_ack_succeeds_when_nobody_took_the_job_again() {
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_millis(200),
+        ..WorkOptions::default()
+    };
+    let queue = Queue::with("late-ack", options).await;
+    queue.enqueue(6).await;
+    let me = consumer();
+    let delivery = queue.receive("default", &me).await;
+    // The time passing is what is tested: the ack is checked, not plain.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    queue.backend.ack(delivery.receipt).await.unwrap();
+    assert!(queue.try_receive("default", &me, QUIET).await.is_none());
+    assert_eq!(queue.stats("default").await, (0, 0));
+    queue.clean_up(&[]).await;
+}
+
+#[tokio::test]
 async fn a_late_retry_fails_as_expired_too() {
     let options = WorkOptions {
         visibility_timeout: Duration::from_millis(300),
