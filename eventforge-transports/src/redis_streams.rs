@@ -201,6 +201,7 @@ impl RedisStreamsBackendBuilder {
             fetchers: Mutex::new(HashMap::new()),
             settle,
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             undecodable: AtomicU64::new(0),
             options: self,
         });
@@ -248,6 +249,11 @@ impl RedisStreamsBackendBuilder {
 /// and the exact semantics of retries, stats and trimming. The backend
 /// reconnects by itself: while Redis is unreachable calls fail with
 /// [`Error::Transport`], and work again once it is back.
+///
+/// `close` first finishes the enqueues and acks already made (for at most
+/// the command timeout), then ends waiting receives with
+/// [`Error::Closed`]; jobs taken from Redis and not handed out come back
+/// after their visibility timeout.
 #[derive(Debug)]
 pub struct RedisStreamsBackend {
     // Also held by the background tasks.
@@ -334,6 +340,9 @@ struct Shared {
     settle: mpsc::Sender<Settle>,
     // Ends the background tasks and waiting calls.
     shutdown: CancellationToken,
+    // Set by `close` first: the enqueue and ack tasks finish what callers
+    // already handed them, then end.
+    draining: CancellationToken,
     // Entries skipped because they were not a Message.
     undecodable: AtomicU64,
     options: RedisStreamsBackendBuilder,
@@ -656,14 +665,25 @@ type Running<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send + 'a>
 async fn enqueue_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Enqueue>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut running: Running<'_> = FuturesUnordered::new();
+    let mut draining = false;
     loop {
-        tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => return,
-            Some(()) = running.next(), if !running.is_empty() => continue,
-            received = queue.recv_many(&mut batch, MAX_BATCH), if running.len() < BATCHES_IN_FLIGHT => {
-                if received == 0 {
-                    return;
+        if draining && running.is_empty() {
+            if take_queued(&mut queue, &mut batch) == 0 {
+                return;
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => return,
+                Some(()) = running.next(), if !running.is_empty() => continue,
+                _ = shared.draining.cancelled(), if !draining => {
+                    draining = true;
+                    continue;
+                }
+                received = queue.recv_many(&mut batch, MAX_BATCH), if running.len() < BATCHES_IN_FLIGHT && !draining => {
+                    if received == 0 {
+                        return;
+                    }
                 }
             }
         }
@@ -681,6 +701,17 @@ async fn enqueue_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Enqueue>) {
             running.push(Box::pin(store(&shared, jobs)));
         }
     }
+}
+
+/// Moves what waits in `queue` into `batch` without waiting; how many.
+fn take_queued<T>(queue: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) -> usize {
+    while batch.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    batch.len()
 }
 
 /// Stores jobs of one topic in one script call and answers their callers.
@@ -761,22 +792,41 @@ async fn settle_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Settle>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut running: Running<'_> = FuturesUnordered::new();
     let mut trims = Trims::default();
+    let mut draining = false;
     loop {
-        let trim_due = trims.next_due();
-        tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => return,
-            Some(()) = running.next(), if !running.is_empty() => continue,
-            _ = tokio::time::sleep_until(trim_due.unwrap_or_else(Instant::now).into()), if trim_due.is_some() => {
-                for topic in trims.take_due() {
-                    let shared = &shared;
-                    running.push(Box::pin(async move { trim_stream(shared, &topic).await }));
-                }
-                continue;
+        if draining && running.is_empty() && take_queued(&mut queue, &mut batch) == 0 {
+            // Everything handed over is acked: make the trims still owed.
+            let owed = trims.take_owed();
+            if owed.is_empty() {
+                return;
             }
-            received = queue.recv_many(&mut batch, MAX_BATCH), if running.len() < BATCHES_IN_FLIGHT => {
-                if received == 0 {
-                    return;
+            for topic in owed {
+                let shared = &shared;
+                running.push(Box::pin(async move { trim_stream(shared, &topic).await }));
+            }
+            continue;
+        }
+        if batch.is_empty() {
+            let trim_due = trims.next_due().filter(|_| !draining);
+            tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => return,
+                Some(()) = running.next(), if !running.is_empty() => continue,
+                _ = shared.draining.cancelled(), if !draining => {
+                    draining = true;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(trim_due.unwrap_or_else(Instant::now).into()), if trim_due.is_some() => {
+                    for topic in trims.take_due() {
+                        let shared = &shared;
+                        running.push(Box::pin(async move { trim_stream(shared, &topic).await }));
+                    }
+                    continue;
+                }
+                received = queue.recv_many(&mut batch, MAX_BATCH), if running.len() < BATCHES_IN_FLIGHT && !draining => {
+                    if received == 0 {
+                        return;
+                    }
                 }
             }
         }
@@ -853,6 +903,17 @@ impl Trims {
             .filter(|(_, owed)| *owed)
             .map(|(last, _)| *last + TRIM_INTERVAL)
             .min()
+    }
+
+    /// Every topic that is owed a trim, due or not.
+    fn take_owed(&mut self) -> Vec<String> {
+        let mut owed = Vec::new();
+        for (topic, (_, is_owed)) in &mut self.topics {
+            if std::mem::take(is_owed) {
+                owed.push(topic.clone());
+            }
+        }
+        owed
     }
 
     /// Topics whose owed trim is due now; forgets topics long quiet.
@@ -1558,10 +1619,19 @@ impl WorkBackend for RedisStreamsBackend {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.shared.shutdown.cancel();
+        // Enqueues and acks already handed over are sent first, for a while.
+        self.shared.draining.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        for task in tasks {
+        let deadline = tokio::time::Instant::now() + self.shared.options.command_timeout;
+        let mut unfinished = Vec::new();
+        for mut task in tasks {
             // A task that panicked has nothing left to clean up.
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                unfinished.push(task);
+            }
+        }
+        self.shared.shutdown.cancel();
+        for task in unfinished {
             let _ = task.await;
         }
         tracing::debug!("redis work queue backend closed");

@@ -719,6 +719,39 @@ async fn close_is_idempotent_and_ends_every_call() {
     queue.clean_up(&[]).await;
 }
 
+#[tokio::test]
+async fn close_first_finishes_the_acks_and_enqueues_already_made() {
+    let queue = Queue::new("close-drain").await;
+    queue.enqueue(1).await;
+    let delivery = queue.receive("default", &consumer()).await;
+    let backend = &queue.backend;
+    // join! polls in order: the ack and the enqueue are handed over first.
+    let (acked, enqueued, closed) = tokio::time::timeout(PATIENCE, async {
+        tokio::join!(
+            backend.ack(delivery.receipt),
+            backend.enqueue(&queue.options, queue.job(2)),
+            backend.close()
+        )
+    })
+    .await
+    .expect("close in time");
+    acked.unwrap();
+    enqueued.unwrap();
+    closed.unwrap();
+    let after = RedisStreamsBackend::connect(url()).await.unwrap();
+    let stats = after
+        .stats(&queue.options, &queue.topic, "default")
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.pending, stats.in_flight),
+        (1, 0),
+        "job 1 acked, job 2 stored"
+    );
+    after.close().await.unwrap();
+    queue.clean_up(&[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fail_while_redis_is_down_and_work_again_after_it_restarts() {
     use private_broker::{Kind, PrivateBroker};
