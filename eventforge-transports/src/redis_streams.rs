@@ -1062,8 +1062,9 @@ struct FetchState {
     // takes one job per waiter, so an idle consumer does not hold jobs that
     // another consumer could run.
     waiters: usize,
-    // The last fetch got all it asked for: the queue has a backlog, and the
-    // next fetch takes a whole batch.
+    // The last fetch asked for several jobs (several calls waited) and got
+    // them all: the queue has a backlog, and the next fetches take whole
+    // batches, ahead of need.
     backlog: bool,
 }
 

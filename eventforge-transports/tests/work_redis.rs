@@ -778,6 +778,20 @@ async fn calls_fail_while_redis_is_down_and_work_again_after_it_restarts() {
         .expect("a job before the restart");
     backend.ack(before.receipt).await.unwrap();
 
+    // Scripts flushed from Redis are loaded again on first use.
+    let mut admin = redis::Client::open(broker.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let stats = backend.stats(&options, topic, "default").await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight), (0, 0));
+
     broker.stop().await;
     let down = backend
         .enqueue(&options, Message::new(topic, 2).unwrap())
