@@ -6,6 +6,7 @@
 //! |----------------|----------------------|-------------------------------------|
 //! | pub-sub        | [`MessageQueue`] on [`MemoryTransport`] | [`MessageQueue`] on a network transport |
 //! | request-reply  | [`MessageQueue::request`] | the same on a network transport |
+//! | work queue     | [`WorkQueue`] on [`MemoryWorkBackend`] | [`WorkQueue`] on Redis Streams or NATS JetStream |
 //!
 //! Local versus remote lives in one place only, the [`Transport`]: everything
 //! above it is identical whether the peer is in-process, across a TCP
@@ -34,7 +35,8 @@
 
 pub use eventforge_core::*;
 
-/// Network transports (TCP, Redis, NATS), each behind its cargo feature.
+/// Network transports (TCP, Redis, NATS) and durable work-queue backends
+/// (Redis Streams, JetStream), each behind its cargo feature.
 pub use eventforge_transports as transports;
 
 /// Procedural macros: `#[task]` turns a function into a

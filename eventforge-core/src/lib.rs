@@ -5,6 +5,7 @@
 //! |----------------|----------------------|-------------------------------------|
 //! | pub-sub        | [`MessageQueue`] on [`MemoryTransport`] | [`MessageQueue`] on a network transport |
 //! | request-reply  | [`MessageQueue::request`] | the same, over TCP, Redis or NATS |
+//! | work queue     | [`WorkQueue`] on [`MemoryWorkBackend`] | [`WorkQueue`] on a durable [`WorkBackend`] |
 //!
 //! Local versus remote lives in the [`Transport`] only: code written against
 //! a [`MessageQueue`] runs unchanged on every transport.
@@ -65,4 +66,7 @@ pub use observers::{
 pub use task::{DispatchStrategy, Dispatcher, Node, NodeOutcome};
 pub use task::{SharedState, Task, TaskBuilder, TaskContext, TaskPool, TaskPoolStats, TaskStats};
 pub mod work_queue;
-pub use work_queue::{BackendStats, Delivery, Receipt, WorkBackend, WorkOptions, DEFAULT_GROUP};
+pub use work_queue::{
+    BackendStats, Consumer, Delivery, Job, JobEvent, MemoryWorkBackend, Nack, Receipt, WorkBackend,
+    WorkOptions, WorkQueue, WorkQueueBuilder, WorkStats, DEFAULT_GROUP,
+};

@@ -32,8 +32,9 @@ pub const DEFAULT_GROUP: &str = "default";
 /// and document it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkOptions {
-    /// Failed deliveries retried before a job goes to the dead-letter topic.
-    /// With 3, a job is tried at most 4 times.
+    /// Most deliveries of a job before it goes to the dead-letter topic, as
+    /// the Python peer counts them: with 3, a job is tried at most 3 times
+    /// (0 behaves as 1).
     pub max_retries: u32,
     /// How long a job stays in flight without an ack before it is handed
     /// out again.
@@ -46,6 +47,13 @@ pub struct WorkOptions {
     /// first named by a consumer receive the jobs enqueued after they were
     /// created.
     pub groups: Vec<String>,
+}
+
+impl WorkOptions {
+    /// Most deliveries of one job: `max_retries`, at least 1.
+    pub fn max_tries(&self) -> u32 {
+        self.max_retries.max(1)
+    }
 }
 
 impl Default for WorkOptions {
