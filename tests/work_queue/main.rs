@@ -19,6 +19,21 @@ work_queue_suite!(memory, || async {
     Backends::shared(Arc::new(eventforge::MemoryWorkBackend::new()))
 });
 
+// Each connection is its own client, as separate processes would have.
+#[cfg(feature = "redis")]
+work_queue_suite!(redis_streams, || async {
+    Backends::connecting(|| {
+        Box::pin(async {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let backend = eventforge::transports::redis_streams::RedisStreamsBackend::connect(url)
+                .await
+                .expect("Redis at REDIS_URL");
+            Arc::new(backend) as Arc<dyn eventforge::WorkBackend>
+        })
+    })
+});
+
 #[path = "../support/mod.rs"]
 mod support;
 
