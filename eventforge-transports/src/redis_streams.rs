@@ -28,7 +28,9 @@
 //!   (which counts the delivery). The job never leaves the group's pending
 //!   entries list, so other groups never see it again, and a retry delayed
 //!   beyond the visibility timeout is given back to the reserved consumer
-//!   whenever the expiry scan meets it before it is due.
+//!   whenever the expiry scan meets it before it is due. A consumer blocked
+//!   waiting for new jobs notices a due retry at its next poll, at most
+//!   [`poll_interval`](RedisStreamsBackendBuilder::poll_interval) late.
 //! - `retry`, and an `ack` late enough that the delivery may have expired,
 //!   check in the same script as the `XCLAIM`/`XACK` that the delivery is
 //!   still owned by the receipt's consumer with the receipt's delivery
@@ -45,11 +47,12 @@
 //!   not handed out yet count as pending (those of other processes count
 //!   as in flight). `max_size` is checked against `pending + in_flight` in
 //!   the enqueue script, before the `XADD`.
-//! - Trimming: an ack batch ends with `XTRIM MINID` at the oldest entry
+//! - Trimming: after acks, a script runs `XTRIM MINID` at the oldest entry
 //!   some group still needs (its oldest pending entry, or the one after its
 //!   last delivered entry), so entries acked by every group are removed.
-//!   Under load a process trims a stream at most every 10 ms; acks made in
-//!   between are followed by a trim once the 10 ms have passed.
+//!   A process trims a stream at most every 10 ms; acks made in between
+//!   are followed by a trim once the 10 ms have passed (and before `close`
+//!   returns).
 //! - An entry that is not a Message (written by something else) is acked
 //!   with a warning and counted in [`RedisStreamsStats::undecodable`]; an
 //!   entry deleted while in flight is dropped from the group when its
@@ -64,8 +67,8 @@
 //! for (a backlog), it takes whole batches (up to
 //! [`batch_size`](RedisStreamsBackendBuilder::batch_size)) and fetches the
 //! next batch while handing out the current one. A consumer calling
-//! `receive` one call at a time never holds more than the job it asked for. Enqueues and acks waiting at the same time go to
-//! Redis together, as one script call per topic (enqueue) and one pipeline
+//! `receive` one call at a time never holds more than the job it asked
+//! for. Enqueues and acks waiting at the same time go to Redis together, as one script call per topic (enqueue) and one pipeline
 //! of `XACK`s (ack), with up to four such batches in flight. Blocking reads
 //! (`XREADGROUP BLOCK`, at most the poll interval) use connections of their
 //! own, so they never hold up other commands.
