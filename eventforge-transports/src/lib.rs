@@ -5,7 +5,8 @@
 //!
 //! - `tcp` (feature `tcp`): length-prefixed JSON over TCP, point to point,
 //!   wire-compatible with the Python eventforge;
-//! - `redis` (feature `redis`): Redis pub/sub;
+//! - `redis` (feature `redis`): Redis pub/sub, and in `redis_streams` a
+//!   work queue backend on Redis Streams;
 //! - `nats` (feature `nats`): NATS, with native request/reply.
 //!
 //! With feature `nats`, `jetstream::JetStreamBackend` also stores work-queue
@@ -30,5 +31,7 @@ pub mod jetstream;
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+pub mod redis_streams;
 #[cfg(feature = "tcp")]
 pub mod tcp;

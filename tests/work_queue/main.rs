@@ -20,6 +20,19 @@ work_queue_suite!(memory, || async {
 });
 
 // A new client per connection, as separate consumer processes would have.
+#[cfg(feature = "redis")]
+work_queue_suite!(redis_streams, || async {
+    Backends::connecting(|| {
+        Box::pin(async {
+            let url = support::redis_url();
+            match eventforge::transports::redis_streams::RedisStreamsBackend::connect(&url).await {
+                Ok(backend) => Arc::new(backend) as Arc<dyn eventforge::WorkBackend>,
+                Err(error) => panic!("Redis at {url}: {error} (start it with scripts/brokers.sh)"),
+            }
+        })
+    })
+});
+
 #[cfg(feature = "nats")]
 work_queue_suite!(jetstream, || async {
     Backends::connecting(|| {

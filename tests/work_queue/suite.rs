@@ -113,6 +113,7 @@ macro_rules! work_queue_suite {
                 lifecycle_events_stream_live,
                 summary_event_reports_counts,
                 closed_queue_refuses_work,
+                deleted_topic_holds_nothing,
                 no_loss_across_consumer_restarts,
             );
         }
@@ -695,6 +696,33 @@ pub async fn closed_queue_refuses_work(backends: &Backends) {
             .await,
         Err(Error::Closed(_))
     ));
+}
+
+pub async fn deleted_topic_holds_nothing(backends: &Backends) {
+    let queue = backends.queue().await.build();
+    let topic = backends.topic("deleted");
+    for n in 0..3 {
+        queue.enqueue(&topic, n).await.unwrap();
+    }
+    let _in_hand = take(&queue, &topic, "default").await;
+    let backend = (backends.connect)().await;
+    assert!(
+        backend.delete_topic(&topic).await.unwrap(),
+        "the topic existed"
+    );
+    assert!(
+        !backend.delete_topic(&topic).await.unwrap(),
+        "deleted twice"
+    );
+    let stats = queue.stats(&topic, "default").await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight), (0, 0));
+    let id = queue.enqueue(&topic, "fresh").await.unwrap();
+    assert_eq!(
+        take(&queue, &topic, "default").await.id(),
+        id,
+        "the topic is usable again"
+    );
+    queue.close().await.unwrap();
 }
 
 /// 5,000 jobs flow while the consumer crashes and restarts five times:
