@@ -49,7 +49,7 @@ async fn backend(url: Option<&str>) -> Result<Arc<dyn WorkBackend>, Box<dyn std:
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args().nth(1);
     let backend = backend(url.as_deref()).await?;
-    let queue = WorkQueue::builder_shared(backend)
+    let queue = WorkQueue::builder_shared(Arc::clone(&backend))
         .groups(["mailers"])
         .max_retries(2)
         .retry_delay(Duration::from_millis(50))
@@ -141,8 +141,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .cloned()
             .unwrap_or_default()
     );
-    letter.ack().await?;
-
     for consumer in consumers {
         consumer.stop().await;
     }
@@ -151,6 +149,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "stats: {} pending, {} in flight, {} acked, {} failed tries, {} dead",
         stats.pending, stats.in_flight, stats.acked, stats.nacked, stats.dead
     );
+    letter.ack().await?;
+
+    // Durable backends keep topics; this run's are not needed any more.
+    for name in [dead_letter_topic(&topic), topic] {
+        backend.delete_topic(&name).await?;
+    }
     queue.close().await?;
+    backend.close().await?;
     Ok(())
 }
