@@ -101,7 +101,10 @@ where
     }
     producer.close().await.expect("close the producer");
     let backend = connect().await;
-    backend.delete_topic(&topic).await.expect("delete the topic");
+    backend
+        .delete_topic(&topic)
+        .await
+        .expect("delete the topic");
     backend.close().await.expect("close the backend");
     jobs as f64 / elapsed.as_secs_f64()
 }
