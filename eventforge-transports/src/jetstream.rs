@@ -1402,6 +1402,21 @@ enum PublishOutcome {
     NoStream,
 }
 
+/// The token of a receipt this backend made, unless its delivery has
+/// expired (then the later delivery owns the job).
+fn live_token(receipt: Receipt) -> Result<Token> {
+    let token = receipt
+        .into_token::<Token>()
+        .ok_or_else(|| Error::transport(TRANSPORT, "a receipt of another backend"))?;
+    if token.expired() {
+        token.feed.settled(&token);
+        return Err(Error::DeliveryExpired {
+            job_id: token.job_id,
+        });
+    }
+    Ok(token)
+}
+
 #[async_trait]
 impl WorkBackend for JetStreamBackend {
     fn name(&self) -> &'static str {
@@ -1549,16 +1564,8 @@ impl WorkBackend for JetStreamBackend {
 
     async fn ack(&self, receipt: Receipt) -> Result<()> {
         self.check_connected()?;
-        let token = receipt
-            .into_token::<Token>()
-            .ok_or_else(|| Error::transport(TRANSPORT, "a receipt of another backend"))?;
+        let token = live_token(receipt)?;
         let feed = &token.feed;
-        if token.expired() {
-            feed.settled(&token);
-            return Err(Error::DeliveryExpired {
-                job_id: token.job_id,
-            });
-        }
         feed.send_ack(&token.message, AckKind::Ack).await?;
         feed.settled(&token);
         Ok(())
@@ -1566,16 +1573,8 @@ impl WorkBackend for JetStreamBackend {
 
     async fn retry(&self, _options: &WorkOptions, receipt: Receipt, delay: Duration) -> Result<()> {
         self.check_connected()?;
-        let token = receipt
-            .into_token::<Token>()
-            .ok_or_else(|| Error::transport(TRANSPORT, "a receipt of another backend"))?;
+        let token = live_token(receipt)?;
         let feed = &token.feed;
-        if token.expired() {
-            feed.settled(&token);
-            return Err(Error::DeliveryExpired {
-                job_id: token.job_id,
-            });
-        }
         feed.state()
             .retried
             .insert(token.stream_sequence, Instant::now() + delay);

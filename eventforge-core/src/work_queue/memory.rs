@@ -260,6 +260,15 @@ impl MemoryWorkBackend {
     }
 }
 
+/// Where a receipt's delivery sits, for a receipt this backend made.
+fn memory_token(receipt: Receipt) -> Result<(String, String, Token)> {
+    let (topic, group) = (receipt.topic.clone(), receipt.group.clone());
+    let token = receipt
+        .into_token::<Token>()
+        .ok_or_else(|| Error::transport("memory", "a receipt of another backend"))?;
+    Ok((topic, group, token))
+}
+
 #[async_trait]
 impl WorkBackend for MemoryWorkBackend {
     fn name(&self) -> &'static str {
@@ -389,10 +398,7 @@ impl WorkBackend for MemoryWorkBackend {
     }
 
     async fn ack(&self, receipt: Receipt) -> Result<()> {
-        let (topic, group) = (receipt.topic.clone(), receipt.group.clone());
-        let token = receipt
-            .into_token::<Token>()
-            .expect("a memory receipt carries a memory token");
+        let (topic, group, token) = memory_token(receipt)?;
         self.with_group(&topic, &group, |state| {
             match state.in_flight.remove(&token.delivery) {
                 Some(done) => {
@@ -407,10 +413,7 @@ impl WorkBackend for MemoryWorkBackend {
     }
 
     async fn retry(&self, _options: &WorkOptions, receipt: Receipt, delay: Duration) -> Result<()> {
-        let (topic, group) = (receipt.topic.clone(), receipt.group.clone());
-        let token = receipt
-            .into_token::<Token>()
-            .expect("a memory receipt carries a memory token");
+        let (topic, group, token) = memory_token(receipt)?;
         self.with_group(&topic, &group, |state| {
             let Some(failed) = state.in_flight.remove(&token.delivery) else {
                 return Err(Error::DeliveryExpired {
