@@ -9,13 +9,17 @@
 //! cargo run --example 11_work_queue --features redis -- redis://127.0.0.1:6379
 //! cargo run --example 11_work_queue --features nats  -- nats://127.0.0.1:4222
 //! ```
+//!
+//! On a broker the lifecycle events go to the broker too; watch them from
+//! another terminal with
+//! `cargo run -q -p eventforge-worker -- sub nats://127.0.0.1:4222 '_events.**'`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use eventforge::work_queue::{dead_letter_topic, JobEventPayload, DEAD_LETTER_REASON_HEADER};
-use eventforge::{BoxError, WorkBackend, WorkQueue};
+use eventforge::{BoxError, MessageQueue, WorkBackend, WorkQueue};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -26,17 +30,27 @@ struct Email {
     subject: String,
 }
 
-/// The backend named by the command line: memory, Redis Streams or JetStream.
-async fn backend(url: Option<&str>) -> Result<Arc<dyn WorkBackend>, Box<dyn std::error::Error>> {
+/// The backend named by the command line (memory, Redis Streams or
+/// JetStream), and where lifecycle events go: on a broker, the broker
+/// itself, so `eventforge sub <url> '_events.**'` shows them from another
+/// terminal.
+async fn backend(
+    url: Option<&str>,
+) -> Result<(Arc<dyn WorkBackend>, MessageQueue), Box<dyn std::error::Error>> {
     match url {
-        None | Some("memory") => Ok(Arc::new(eventforge::MemoryWorkBackend::new())),
+        None | Some("memory") => Ok((
+            Arc::new(eventforge::MemoryWorkBackend::new()),
+            MessageQueue::memory(),
+        )),
         #[cfg(feature = "redis")]
-        Some(url) if url.starts_with("redis://") => Ok(Arc::new(
-            eventforge::transports::redis_streams::RedisStreamsBackend::connect(url).await?,
+        Some(url) if url.starts_with("redis://") => Ok((
+            Arc::new(eventforge::transports::redis_streams::RedisStreamsBackend::connect(url).await?),
+            MessageQueue::new(eventforge::transports::redis::RedisTransport::connect(url).await?),
         )),
         #[cfg(feature = "nats")]
-        Some(url) if url.starts_with("nats://") => Ok(Arc::new(
-            eventforge::transports::jetstream::JetStreamBackend::connect(url).await?,
+        Some(url) if url.starts_with("nats://") => Ok((
+            Arc::new(eventforge::transports::jetstream::JetStreamBackend::connect(url).await?),
+            MessageQueue::new(eventforge::transports::nats::NatsTransport::connect(url).await?),
         )),
         Some(other) => Err(format!(
             "no backend for {other:?}: use memory, redis://… (feature redis) or nats://… (feature nats)"
@@ -48,8 +62,9 @@ async fn backend(url: Option<&str>) -> Result<Arc<dyn WorkBackend>, Box<dyn std:
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args().nth(1);
-    let backend = backend(url.as_deref()).await?;
+    let (backend, events) = backend(url.as_deref()).await?;
     let queue = WorkQueue::builder_shared(Arc::clone(&backend))
+        .events(events)
         .groups(["mailers"])
         .max_retries(2)
         .retry_delay(Duration::from_millis(50))
@@ -156,6 +171,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         backend.delete_topic(&name).await?;
     }
     queue.close().await?;
+    queue.events().close().await?;
     backend.close().await?;
     Ok(())
 }
