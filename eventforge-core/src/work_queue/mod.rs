@@ -260,6 +260,7 @@ impl WorkQueueBuilder {
     pub fn build(self) -> WorkQueue {
         let mut dead_letter_options = self.options.clone();
         dead_letter_options.max_size = u64::MAX;
+        let id = crate::message::new_id();
         WorkQueue {
             inner: Arc::new(Inner {
                 backend: self.backend,
@@ -268,7 +269,8 @@ impl WorkQueueBuilder {
                 dead_letter_options,
                 retry_delay: self.retry_delay,
                 events: self.events.unwrap_or_else(MessageQueue::memory),
-                id: crate::message::new_id(),
+                pull_consumer: format!("{id}-pull"),
+                id,
                 next_consumer: AtomicU64::new(0),
                 counts: Mutex::new(HashMap::new()),
                 closing: CancellationToken::new(),
@@ -299,6 +301,8 @@ struct Inner {
     events: MessageQueue,
     /// Names this handle's consumers.
     id: String,
+    /// The consumer name of this handle's `dequeue` calls.
+    pull_consumer: String,
     next_consumer: AtomicU64,
     /// Per topic: this handle's counts and the groups it has seen.
     counts: Mutex<HashMap<String, TopicRecord>>,
@@ -458,14 +462,16 @@ impl WorkQueue {
         self.check_open()?;
         validate_topic(topic)?;
         self.start_summary();
-        let consumer = self.inner.consumer_name();
+        // One name per handle for every pull: a broker keeps state per
+        // consumer name, and a name per call would pile up there.
+        let consumer = &self.inner.pull_consumer;
         let give_up = tokio::time::Instant::now() + timeout;
         loop {
             let left = give_up.saturating_duration_since(tokio::time::Instant::now());
             let delivery = self
                 .inner
                 .backend
-                .receive(&self.inner.options, topic, group, &consumer, left)
+                .receive(&self.inner.options, topic, group, consumer, left)
                 .await?;
             let Some(delivery) = delivery else {
                 return Ok(None);
