@@ -523,6 +523,18 @@ pub async fn queue_full_is_typed_and_recovers(backends: &Backends) {
         .enqueue(&topic, 6)
         .await
         .expect("room again after an ack");
+
+    // 0 means no limit, as in the Python peer.
+    let unlimited = backends.queue().await.max_size(0).build();
+    let roomy = backends.topic("unlimited");
+    for n in 0..20 {
+        unlimited.enqueue(&roomy, n).await.expect("no limit");
+    }
+    assert_eq!(
+        unlimited.stats(&roomy, "default").await.unwrap().pending,
+        20
+    );
+    unlimited.close().await.unwrap();
     queue.close().await.unwrap();
 }
 

@@ -40,7 +40,9 @@ pub struct WorkOptions {
     /// out again.
     pub visibility_timeout: Duration,
     /// Most jobs a group may have waiting or in flight; `enqueue` fails with
-    /// [`Error::QueueFull`](crate::Error::QueueFull) beyond it.
+    /// [`Error::QueueFull`](crate::Error::QueueFull) beyond it. `u64::MAX`
+    /// means no limit (what [`WorkQueue`](super::WorkQueue) passes for the
+    /// dead-letter topic and for `max_size(0)`).
     pub max_size: u64,
     /// Groups created with the topic, on its first enqueue. They receive
     /// every job, including those enqueued before any consumer ran. Groups

@@ -213,9 +213,9 @@ impl WorkQueueBuilder {
 
     /// Most jobs one group may hold, waiting or in flight (default 10,000);
     /// beyond it [`enqueue`](WorkQueue::enqueue) fails with
-    /// [`Error::QueueFull`].
+    /// [`Error::QueueFull`]. 0 means no limit, as in the Python peer.
     pub fn max_size(mut self, max_size: u64) -> Self {
-        self.options.max_size = max_size;
+        self.options.max_size = if max_size == 0 { u64::MAX } else { max_size };
         self
     }
 
