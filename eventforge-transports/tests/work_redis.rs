@@ -933,7 +933,7 @@ async fn receives_that_time_out_leave_no_job_behind() {
             for n in 0..JOBS {
                 queue.enqueue(n).await;
                 // Paced so that jobs arrive while short receives come and go.
-                tokio::time::sleep(Duration::from_millis(17)).await;
+                tokio::time::sleep(Duration::from_millis(37)).await;
             }
         })
     };
@@ -942,7 +942,7 @@ async fn receives_that_time_out_leave_no_job_behind() {
     // while its fetch may still be taking a job from Redis.
     while !producer.is_finished() {
         if let Some(delivery) = queue
-            .try_receive("default", &consumer(), Duration::from_millis(10))
+            .try_receive("default", &consumer(), Duration::from_millis(25))
             .await
         {
             received.push(payload(&delivery));
