@@ -18,6 +18,9 @@
 //! - Declared groups ([`WorkOptions::groups`]) are created at id `0` on
 //!   enqueue (and on receive) and see every job the stream holds; other
 //!   groups are created at `$` and see the jobs enqueued after.
+//! - A job enqueued on a topic that has no group at all (no declared group
+//!   and no consumer yet) is accepted and not stored, as with the memory
+//!   backend: no group could ever see it, and nothing would trim it.
 //! - `receive` hands out, in this order: due delayed retries, deliveries
 //!   whose visibility timeout passed (`XAUTOCLAIM` with the timeout as
 //!   minimum idle time), and new entries (`XREADGROUP`). `attempt` is the
@@ -31,6 +34,12 @@
 //!   whenever the expiry scan meets it before it is due. A consumer blocked
 //!   waiting for new jobs notices a due retry at its next poll, at most
 //!   [`poll_interval`](RedisStreamsBackendBuilder::poll_interval) late.
+//! - Jobs taken from Redis for a consumer and never handed out (its
+//!   `receive` timed out, was dropped or closed while the fetch ran, or a
+//!   job waited too long in its buffer) are given back to the group: parked
+//!   like a retry that is due at once, with their delivery counter set
+//!   back, so the next receive of any consumer takes them with the same
+//!   `attempt`. Until then they count as pending.
 //! - `retry`, and an `ack` late enough that the delivery may have expired,
 //!   check in the same script as the `XCLAIM`/`XACK` that the delivery is
 //!   still owned by the receipt's consumer with the receipt's delivery
@@ -38,21 +47,28 @@
 //!   sent before the visibility timeout (less a tenth of it, at most 1 s,
 //!   for clocks) has passed since the job was asked from Redis cannot find
 //!   it handed out again, and is a plain pipelined `XACK`; it fails as
-//!   expired only when the entry is no longer pending at all. Every process
-//!   of a group must therefore use the same visibility timeout.
+//!   expired only when the entry is no longer pending at all. The choice is
+//!   made when the ack is sent, not when it is asked for, so an ack that
+//!   waited in the queue is checked. Every process of a group must
+//!   therefore use the same visibility timeout. A `retry` whose entry was
+//!   deleted meanwhile fails as expired too.
 //! - Stats: `pending` is the group's lag (entries never delivered) plus its
 //!   delayed retries; `in_flight` is its pending entries list minus the
 //!   delayed retries. Expired deliveries not yet claimed again count as in
 //!   flight. Jobs this process has taken from Redis for its consumers but
 //!   not handed out yet count as pending (those of other processes count
 //!   as in flight). `max_size` is checked against `pending + in_flight` in
-//!   the enqueue script, before the `XADD`.
+//!   the enqueue script, before the `XADD`; a limit above 2^50 (such as
+//!   `u64::MAX`) means no limit.
 //! - Trimming: after acks, a script runs `XTRIM MINID` at the oldest entry
 //!   some group still needs (its oldest pending entry, or the one after its
 //!   last delivered entry), so entries acked by every group are removed.
 //!   A process trims a stream at most every 10 ms; acks made in between
 //!   are followed by a trim once the 10 ms have passed (and before `close`
-//!   returns).
+//!   returns). Trimming also deletes the group's Redis consumers that hold
+//!   no job and were idle for
+//!   [`consumer_idle_limit`](RedisStreamsBackendBuilder::consumer_idle_limit),
+//!   never [`DELAYED_CONSUMER`].
 //! - An entry that is not a Message (written by something else) is acked
 //!   with a warning and counted in [`RedisStreamsStats::undecodable`]; an
 //!   entry deleted while in flight is dropped from the group when its
@@ -272,8 +288,9 @@ impl RedisStreamsBackendBuilder {
 ///
 /// `close` first finishes the enqueues and acks already made (for at most
 /// the command timeout), then ends waiting receives with
-/// [`Error::Closed`]; jobs taken from Redis and not handed out come back
-/// after their visibility timeout.
+/// [`Error::Closed`]; jobs waiting in a consumer's buffer are given back
+/// to the group in the background, and those of a fetch cut short by
+/// `close` come back after their visibility timeout.
 #[derive(Debug)]
 pub struct RedisStreamsBackend {
     // Also held by the background tasks.

@@ -844,7 +844,9 @@ async fn consumer_names(queue: &Queue, group: &str) -> Vec<String> {
     consumers
         .iter()
         .filter_map(|consumer| match consumer.get("name") {
-            Some(redis::Value::BulkString(name)) => Some(String::from_utf8_lossy(name).into_owned()),
+            Some(redis::Value::BulkString(name)) => {
+                Some(String::from_utf8_lossy(name).into_owned())
+            }
             Some(redis::Value::SimpleString(name)) => Some(name.clone()),
             _ => None,
         })
@@ -855,8 +857,15 @@ async fn consumer_names(queue: &Queue, group: &str) -> Vec<String> {
 /// (and found nothing to take, when the stream is empty).
 async fn wait_for_consumer(queue: &Queue, group: &str, consumer: &str) {
     let deadline = Instant::now() + PATIENCE;
-    while !consumer_names(queue, group).await.iter().any(|name| name == consumer) {
-        assert!(Instant::now() < deadline, "consumer {consumer} never fetched");
+    while !consumer_names(queue, group)
+        .await
+        .iter()
+        .any(|name| name == consumer)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "consumer {consumer} never fetched"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -873,9 +882,18 @@ async fn a_job_fetched_for_a_dropped_receive_goes_to_another_consumer_at_once() 
     // by a consumer that never calls again.
     let dropped = queue
         .backend
-        .receive(&queue.options, &queue.topic, "default", &consumer(), PATIENCE)
+        .receive(
+            &queue.options,
+            &queue.topic,
+            "default",
+            &consumer(),
+            PATIENCE,
+        )
         .now_or_never();
-    assert!(dropped.is_none(), "nothing can be ready without Redis answering");
+    assert!(
+        dropped.is_none(),
+        "nothing can be ready without Redis answering"
+    );
     assert_eq!(queue.stats("default").await, (1, 0), "still waiting");
     // Well within the visibility timeout, and not counted as an attempt.
     let delivery = queue
@@ -899,9 +917,10 @@ async fn a_job_taken_by_the_blocked_read_of_a_dropped_receive_goes_to_another_co
     let queue = Queue::built("give-back-blocked", options, builder).await;
     let gone = consumer();
     {
-        let waiting = queue
-            .backend
-            .receive(&queue.options, &queue.topic, "default", &gone, PATIENCE);
+        let waiting =
+            queue
+                .backend
+                .receive(&queue.options, &queue.topic, "default", &gone, PATIENCE);
         tokio::pin!(waiting);
         // Dropped once its fetch found the stream empty and went on to wait.
         tokio::select! {
@@ -983,16 +1002,20 @@ async fn a_dequeue_cancelled_before_its_answer_leaves_the_job_unspent() {
         .summary_interval(None)
         .build();
     queue.enqueue(&topic, 7u32).await.unwrap();
-    let dropped = queue
-        .dequeue(&topic, "default", PATIENCE)
-        .now_or_never();
-    assert!(dropped.is_none(), "nothing can be ready without Redis answering");
+    let dropped = queue.dequeue(&topic, "default", PATIENCE).now_or_never();
+    assert!(
+        dropped.is_none(),
+        "nothing can be ready without Redis answering"
+    );
     // Neither lost for the visibility timeout nor dead-lettered unrun.
-    let job = tokio::time::timeout(PATIENCE, queue.dequeue(&topic, "default", Duration::from_secs(5)))
-        .await
-        .expect("dequeue returns within its timeout")
-        .unwrap()
-        .expect("the job, before its visibility timeout");
+    let job = tokio::time::timeout(
+        PATIENCE,
+        queue.dequeue(&topic, "default", Duration::from_secs(5)),
+    )
+    .await
+    .expect("dequeue returns within its timeout")
+    .unwrap()
+    .expect("the job, before its visibility timeout");
     assert_eq!(job.attempt(), 1);
     job.ack().await.unwrap();
     let mut redis = redis::Client::open(url())
@@ -1034,7 +1057,11 @@ async fn consumers_holding_nothing_are_deleted_once_idle_and_holders_stay() {
         // Trimming runs just after the ack returns; nothing marks its end.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    queue.backend.ack(held.receipt).await.expect("the holder still owns its job");
+    queue
+        .backend
+        .ack(held.receipt)
+        .await
+        .expect("the holder still owns its job");
     queue.clean_up(&[]).await;
 }
 
@@ -1059,7 +1086,10 @@ async fn a_job_enqueued_on_a_topic_without_groups_is_not_stored() {
         queue.enqueue(n).await;
     }
     let full = queue.backend.enqueue(&queue.options, queue.job(3)).await;
-    assert!(matches!(full, Err(Error::QueueFull { limit: 3, .. })), "{full:?}");
+    assert!(
+        matches!(full, Err(Error::QueueFull { limit: 3, .. })),
+        "{full:?}"
+    );
     assert_eq!(queue.stats("late").await, (3, 0));
     queue.clean_up(&["late"]).await;
 }
@@ -1093,7 +1123,10 @@ async fn a_retry_of_a_job_deleted_while_in_flight_fails_as_expired_and_delays_no
         .backend
         .retry(&queue.options, first.receipt, Duration::from_secs(600))
         .await;
-    assert!(matches!(retried, Err(Error::DeliveryExpired { .. })), "{retried:?}");
+    assert!(
+        matches!(retried, Err(Error::DeliveryExpired { .. })),
+        "{retried:?}"
+    );
     let delayed: u64 = redis
         .zcard(queue.backend.delayed_key(&queue.topic, "default"))
         .await
