@@ -659,7 +659,7 @@ async fn a_cancelled_receive_loses_no_job() {
     assert_eq!((payload(&delivery), delivery.attempt), (1, 1));
     queue.backend.ack(delivery.receipt).await.unwrap();
 
-    // ... and if that consumer is gone, another gets it after the timeout.
+    // ... and if that consumer is gone, it is given back to the group.
     queue.enqueue(2).await;
     let gone = consumer();
     let dropped = queue
