@@ -36,7 +36,9 @@
 //!   [`poll_interval`](RedisStreamsBackendBuilder::poll_interval) late.
 //! - Jobs taken from Redis for a consumer and never handed out (its
 //!   `receive` timed out, was dropped or closed while the fetch ran, or a
-//!   job waited too long in its buffer) are given back to the group: parked
+//!   job waited too long in its buffer, or no `receive` of the consumer
+//!   waited for a poll interval while it held jobs) are given back to the
+//!   group: parked
 //!   like a retry that is due at once, with their delivery counter set
 //!   back, so the next receive of any consumer takes them with the same
 //!   `attempt`. Until then they count as pending.
@@ -244,6 +246,7 @@ impl RedisStreamsBackendBuilder {
         let tasks = vec![
             tokio::spawn(enqueue_loop(Arc::clone(&shared), enqueue_rx)),
             tokio::spawn(settle_loop(Arc::clone(&shared), settle_rx)),
+            tokio::spawn(sweep_loop(Arc::clone(&shared))),
         ];
         Ok(RedisStreamsBackend {
             shared,
@@ -1247,6 +1250,46 @@ impl Drop for Receiving<'_> {
             self.shared.give_back(&self.fetcher, &mut state, unused);
         }
         self.shared.release(&self.fetcher);
+    }
+}
+
+/// Every poll interval, gives back the jobs buffered for consumers that
+/// have had no `receive` waiting since: their calls all left with a job
+/// and none came back (handlers slower than the poll interval, or a
+/// consumer stopped while busy). Other consumers can run those jobs now;
+/// left alone they would wait for the visibility timeout.
+async fn sweep_loop(shared: Arc<Shared>) {
+    let every = shared.options.poll_interval;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.draining.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let fetchers: Vec<Arc<Fetcher>> = shared
+            .fetchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for fetcher in fetchers {
+            {
+                let mut state = fetcher.state();
+                let unwanted = state.waiters == 0
+                    && !state.fetching
+                    && state
+                        .buffer
+                        .front()
+                        .is_some_and(|job| job.asked.elapsed() >= every);
+                if !unwanted {
+                    continue;
+                }
+                let jobs = state.buffer.drain(..).collect();
+                shared.give_back(&fetcher, &mut state, jobs);
+            }
+            shared.release(&fetcher);
+        }
     }
 }
 

@@ -1168,3 +1168,38 @@ async fn enqueue_without_a_size_limit_works_after_an_entry_is_deleted() {
     assert_eq!(queue.stats("default").await, (3, 0));
     queue.clean_up(&[]).await;
 }
+
+#[tokio::test]
+async fn jobs_buffered_for_a_consumer_that_stopped_receiving_go_to_another_consumer() {
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_secs(30),
+        ..WorkOptions::default()
+    };
+    let queue = Queue::with("give-back-busy", options).await;
+    const JOBS: u32 = 10;
+    for n in 0..JOBS {
+        queue.enqueue(n).await;
+    }
+    // Concurrent calls: once they find a backlog the consumer takes a batch
+    // ahead of need, then it never calls again (stopped while running its
+    // three jobs).
+    let busy = consumer();
+    let held = futures::future::join_all((0..3).map(|_| queue.receive("default", &busy))).await;
+    let mut received: Vec<u32> = held.iter().map(payload).collect();
+    let other = consumer();
+    while received.len() < JOBS as usize {
+        let delivery = queue
+            .try_receive("default", &other, Duration::from_secs(5))
+            .await
+            .expect("the rest before the visibility timeout");
+        assert_eq!(delivery.attempt, 1, "never handed out before");
+        received.push(payload(&delivery));
+        queue.backend.ack(delivery.receipt).await.unwrap();
+    }
+    received.sort_unstable();
+    assert_eq!(received, (0..JOBS).collect::<Vec<_>>());
+    for delivery in held {
+        queue.backend.ack(delivery.receipt).await.unwrap();
+    }
+    queue.clean_up(&[]).await;
+}
