@@ -18,6 +18,9 @@
 //! - Declared groups ([`WorkOptions::groups`]) are created at id `0` on
 //!   enqueue (and on receive) and see every job the stream holds; other
 //!   groups are created at `$` and see the jobs enqueued after.
+//! - A job enqueued on a topic that has no group at all (no declared group
+//!   and no consumer yet) is accepted and not stored, as with the memory
+//!   backend: no group could ever see it, and nothing would trim it.
 //! - `receive` hands out, in this order: due delayed retries, deliveries
 //!   whose visibility timeout passed (`XAUTOCLAIM` with the timeout as
 //!   minimum idle time), and new entries (`XREADGROUP`). `attempt` is the
@@ -31,6 +34,14 @@
 //!   whenever the expiry scan meets it before it is due. A consumer blocked
 //!   waiting for new jobs notices a due retry at its next poll, at most
 //!   [`poll_interval`](RedisStreamsBackendBuilder::poll_interval) late.
+//! - Jobs taken from Redis for a consumer and never handed out (its
+//!   `receive` timed out, was dropped or closed while the fetch ran, or a
+//!   job waited too long in its buffer, or no `receive` of the consumer
+//!   waited for a poll interval while it held jobs) are given back to the
+//!   group: parked
+//!   like a retry that is due at once, with their delivery counter set
+//!   back, so the next receive of any consumer takes them with the same
+//!   `attempt`. Until then they count as pending.
 //! - `retry`, and an `ack` late enough that the delivery may have expired,
 //!   check in the same script as the `XCLAIM`/`XACK` that the delivery is
 //!   still owned by the receipt's consumer with the receipt's delivery
@@ -38,21 +49,28 @@
 //!   sent before the visibility timeout (less a tenth of it, at most 1 s,
 //!   for clocks) has passed since the job was asked from Redis cannot find
 //!   it handed out again, and is a plain pipelined `XACK`; it fails as
-//!   expired only when the entry is no longer pending at all. Every process
-//!   of a group must therefore use the same visibility timeout.
+//!   expired only when the entry is no longer pending at all. The choice is
+//!   made when the ack is sent, not when it is asked for, so an ack that
+//!   waited in the queue is checked. Every process of a group must
+//!   therefore use the same visibility timeout. A `retry` whose entry was
+//!   deleted meanwhile fails as expired too.
 //! - Stats: `pending` is the group's lag (entries never delivered) plus its
 //!   delayed retries; `in_flight` is its pending entries list minus the
 //!   delayed retries. Expired deliveries not yet claimed again count as in
 //!   flight. Jobs this process has taken from Redis for its consumers but
 //!   not handed out yet count as pending (those of other processes count
 //!   as in flight). `max_size` is checked against `pending + in_flight` in
-//!   the enqueue script, before the `XADD`.
+//!   the enqueue script, before the `XADD`; a limit above 2^50 (such as
+//!   `u64::MAX`) means no limit.
 //! - Trimming: after acks, a script runs `XTRIM MINID` at the oldest entry
 //!   some group still needs (its oldest pending entry, or the one after its
 //!   last delivered entry), so entries acked by every group are removed.
 //!   A process trims a stream at most every 10 ms; acks made in between
 //!   are followed by a trim once the 10 ms have passed (and before `close`
-//!   returns).
+//!   returns). Trimming also deletes the group's Redis consumers that hold
+//!   no job and were idle for
+//!   [`consumer_idle_limit`](RedisStreamsBackendBuilder::consumer_idle_limit),
+//!   never [`DELAYED_CONSUMER`].
 //! - An entry that is not a Message (written by something else) is acked
 //!   with a warning and counted in [`RedisStreamsStats::undecodable`]; an
 //!   entry deleted while in flight is dropped from the group when its
@@ -119,6 +137,11 @@ const QUEUE: usize = 8192;
 /// Idle blocking connections kept for the next blocking read.
 const IDLE_BLOCKING: usize = 16;
 
+/// Largest `max_size` the enqueue script works with: a larger limit (such
+/// as `u64::MAX`, no limit) is the same as this one, and stays exact in
+/// Lua's numbers.
+const MAX_SIZE_CAP: u64 = 1 << 50;
+
 /// Most entries counted one by one when Redis cannot report a group's lag
 /// (only after entries were deleted with `XDEL`).
 const STATS_COUNT_CAP: u64 = 1_000_000;
@@ -147,6 +170,8 @@ pub struct RedisStreamsBackendBuilder {
     // Reconnection pacing while Redis is unreachable.
     initial_backoff: Duration,
     max_backoff: Duration,
+    // Redis consumers holding nothing and idle this long are deleted.
+    consumer_idle_limit: Duration,
 }
 
 impl RedisStreamsBackendBuilder {
@@ -189,6 +214,16 @@ impl RedisStreamsBackendBuilder {
         self
     }
 
+    /// How long a Redis consumer of a group that holds no job may stay idle
+    /// before trimming deletes it (default 10 minutes), so that consumer
+    /// names used once (one per process, per `dequeue` caller...) do not
+    /// pile up in the group. A consumer still in use is made again by its
+    /// next receive; one holding jobs is never deleted.
+    pub fn consumer_idle_limit(mut self, limit: Duration) -> Self {
+        self.consumer_idle_limit = limit;
+        self
+    }
+
     /// Connects, loads the scripts and starts the background tasks.
     ///
     /// Fails with [`Error::Transport`] when the URL is malformed or Redis
@@ -211,6 +246,7 @@ impl RedisStreamsBackendBuilder {
         let tasks = vec![
             tokio::spawn(enqueue_loop(Arc::clone(&shared), enqueue_rx)),
             tokio::spawn(settle_loop(Arc::clone(&shared), settle_rx)),
+            tokio::spawn(sweep_loop(Arc::clone(&shared))),
         ];
         Ok(RedisStreamsBackend {
             shared,
@@ -255,8 +291,9 @@ impl RedisStreamsBackendBuilder {
 ///
 /// `close` first finishes the enqueues and acks already made (for at most
 /// the command timeout), then ends waiting receives with
-/// [`Error::Closed`]; jobs taken from Redis and not handed out come back
-/// after their visibility timeout.
+/// [`Error::Closed`]; jobs waiting in a consumer's buffer are given back
+/// to the group in the background, and those of a fetch cut short by
+/// `close` come back after their visibility timeout.
 #[derive(Debug)]
 pub struct RedisStreamsBackend {
     // Also held by the background tasks.
@@ -286,6 +323,7 @@ impl RedisStreamsBackend {
             command_timeout: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
+            consumer_idle_limit: Duration::from_secs(600),
         }
     }
 
@@ -390,20 +428,14 @@ impl Shared {
                     .iter()
                     .filter(|((t, g, _), _)| t == topic && g == group)
                     .map(|(_, fetcher)| fetcher)
-                    .find(|fetcher| {
-                        let state = fetcher.state();
-                        state.fetching && !state.blocking
-                    })
+                    .find(|fetcher| fetcher.state().settling())
                     .cloned()
             };
             let Some(fetcher) = busy else { return };
             let fetched = fetcher.fetched.notified();
             tokio::pin!(fetched);
             fetched.as_mut().enable();
-            let still_busy = {
-                let state = fetcher.state();
-                state.fetching && !state.blocking
-            };
+            let still_busy = fetcher.state().settling();
             if still_busy && tokio::time::timeout_at(deadline, fetched).await.is_err() {
                 return;
             }
@@ -417,6 +449,28 @@ impl Shared {
         if Arc::strong_count(fetcher) == 2 && fetcher.state().is_idle() {
             fetchers.remove(&fetcher.key);
         }
+    }
+
+    /// Gives `jobs`, taken from Redis for `fetcher`'s consumer and never
+    /// handed out, back to the group in the background, so that any
+    /// consumer can take them at once with the same attempt.
+    /// `state` is the fetcher's, locked by the caller.
+    fn give_back(
+        self: &Arc<Self>,
+        fetcher: &Arc<Fetcher>,
+        state: &mut FetchState,
+        jobs: Vec<Fetched>,
+    ) {
+        if jobs.is_empty() {
+            return;
+        }
+        // Dropped outside a runtime: the jobs come back after their
+        // visibility timeout instead.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        state.giving_back += 1;
+        runtime.spawn(give_back(Arc::clone(self), Arc::clone(fetcher), jobs));
     }
 }
 
@@ -723,7 +777,7 @@ async fn store(shared: &Shared, jobs: Vec<Enqueue>) {
     let topic = first.topic.clone();
     let max_size = first.max_size;
     let stream = shared.stream_key(&topic);
-    let max = max_size.to_string();
+    let max = max_size.min(MAX_SIZE_CAP).to_string();
     let declared = first.groups.len().to_string();
     let mut args: Vec<&[u8]> = Vec::with_capacity(2 + first.groups.len() + jobs.len());
     args.push(max.as_bytes());
@@ -782,9 +836,11 @@ struct Settle {
     delivered: u32,
     // For `Error::DeliveryExpired`.
     job_id: String,
-    // The delivery may have expired: the ack checks, in a script, that it
-    // is still the receipt's. Otherwise a plain `XACK` does.
-    checked: bool,
+    // From then on the delivery may have expired: an ack sent later checks,
+    // in a script, that it is still the receipt's; one sent before is a
+    // plain `XACK`. Decided when the ack is sent, not when it was asked
+    // for, as acks may wait in the queue. None: always plain.
+    checked_from: Option<Instant>,
     // None when nobody waits for the answer (garbage entries).
     done: Option<oneshot::Sender<Result<()>>>,
 }
@@ -835,8 +891,9 @@ async fn settle_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Settle>) {
         }
         let mut by_group: HashMap<(String, String), Vec<Settle>> = HashMap::new();
         let mut plain = Vec::new();
+        let now = Instant::now();
         for settle in batch.drain(..) {
-            if settle.checked {
+            if settle.checked_from.is_some_and(|from| now >= from) {
                 by_group
                     .entry((settle.topic.clone(), settle.group.clone()))
                     .or_default()
@@ -990,9 +1047,14 @@ fn answer_acks(acks: Vec<Settle>, outcome: Result<Vec<i64>>) {
 /// Removes the entries of `topic` that every group acked.
 async fn trim_stream(shared: &Shared, topic: &str) {
     let stream = shared.stream_key(topic);
+    let idle = millis(shared.options.consumer_idle_limit).to_string();
     if let Err(error) = shared
         .link
-        .eval(Script::Ack, &[&stream], &[b"", b"1"])
+        .eval(
+            Script::Ack,
+            &[&stream],
+            &[b"", b"1", idle.as_bytes(), DELAYED_CONSUMER.as_bytes()],
+        )
         .await
     {
         // The next ack trims instead.
@@ -1004,9 +1066,12 @@ async fn trim_stream(shared: &Shared, topic: &str) {
 async fn ack_group(shared: &Shared, acks: Vec<Settle>, trim: bool) {
     let stream = shared.stream_key(&acks[0].topic);
     let counts: Vec<String> = acks.iter().map(|a| a.delivered.to_string()).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 3 * acks.len());
+    let idle = millis(shared.options.consumer_idle_limit).to_string();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 3 * acks.len());
     args.push(acks[0].group.as_bytes());
     args.push(if trim { b"1" } else { b"0" });
+    args.push(idle.as_bytes());
+    args.push(DELAYED_CONSUMER.as_bytes());
     for (ack, count) in acks.iter().zip(&counts) {
         args.push(ack.entry.as_bytes());
         args.push(ack.consumer.as_bytes());
@@ -1069,11 +1134,34 @@ struct FetchState {
     // them all: the queue has a backlog, and the next fetches take whole
     // batches, ahead of need.
     backlog: bool,
+    // The last `receive` call to leave ended without a job (timed out,
+    // dropped, closed): the consumer may never call again, so what the
+    // buffer holds, or a fetch still running brings, is given back to the
+    // group rather than left in this consumer's pending entries until the
+    // visibility timeout. A consumer whose calls all left with a job is
+    // busy running them and keeps its buffer.
+    abandoned: bool,
+    // Give-backs of this fetcher's jobs not answered by Redis yet.
+    giving_back: usize,
 }
 
 impl FetchState {
     fn is_idle(&self) -> bool {
-        self.buffer.is_empty() && !self.fetching && self.waiters == 0
+        self.buffer.is_empty() && !self.fetching && self.waiters == 0 && self.giving_back == 0
+    }
+
+    /// Jobs are about to move between this buffer and Redis's figures.
+    fn settling(&self) -> bool {
+        (self.fetching && !self.blocking) || self.giving_back > 0
+    }
+
+    /// The buffered jobs, when nobody is left to hand them out.
+    fn take_abandoned(&mut self) -> Vec<Fetched> {
+        if self.abandoned && self.waiters == 0 && !self.fetching {
+            self.buffer.drain(..).collect()
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -1103,6 +1191,8 @@ impl Fetcher {
                 last_scan: None,
                 waiters: 0,
                 backlog: false,
+                abandoned: false,
+                giving_back: 0,
             }),
             fetched: Notify::new(),
         }
@@ -1126,23 +1216,113 @@ struct FetchPlan {
 
 /// Releases the fetcher when a `receive` ends, however it ends.
 struct Receiving<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     fetcher: Arc<Fetcher>,
+    // The call returns a job: its consumer is busy, not gone.
+    served: bool,
 }
 
 impl<'a> Receiving<'a> {
-    fn new(shared: &'a Shared, key: &FetchKey) -> Self {
+    fn new(shared: &'a Arc<Shared>, key: &FetchKey) -> Self {
         let fetcher = shared.fetcher(key);
-        fetcher.state().waiters += 1;
-        Receiving { shared, fetcher }
+        {
+            let mut state = fetcher.state();
+            state.waiters += 1;
+            state.abandoned = false;
+        }
+        Receiving {
+            shared,
+            fetcher,
+            served: false,
+        }
     }
 }
 
 impl Drop for Receiving<'_> {
     fn drop(&mut self) {
-        self.fetcher.state().waiters -= 1;
+        {
+            let mut state = self.fetcher.state();
+            state.waiters -= 1;
+            if state.waiters == 0 {
+                state.abandoned = !self.served;
+            }
+            let unused = state.take_abandoned();
+            self.shared.give_back(&self.fetcher, &mut state, unused);
+        }
         self.shared.release(&self.fetcher);
     }
+}
+
+/// Every poll interval, gives back the jobs buffered for consumers that
+/// have had no `receive` waiting since: their calls all left with a job
+/// and none came back (handlers slower than the poll interval, or a
+/// consumer stopped while busy). Other consumers can run those jobs now;
+/// left alone they would wait for the visibility timeout.
+async fn sweep_loop(shared: Arc<Shared>) {
+    let every = shared.options.poll_interval;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.draining.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let fetchers: Vec<Arc<Fetcher>> = shared
+            .fetchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for fetcher in fetchers {
+            {
+                let mut state = fetcher.state();
+                let unwanted = state.waiters == 0
+                    && !state.fetching
+                    && state
+                        .buffer
+                        .front()
+                        .is_some_and(|job| job.asked.elapsed() >= every);
+                if !unwanted {
+                    continue;
+                }
+                let jobs = state.buffer.drain(..).collect();
+                shared.give_back(&fetcher, &mut state, jobs);
+            }
+            shared.release(&fetcher);
+        }
+    }
+}
+
+/// Gives jobs never handed out back to the group (see the `GiveBack`
+/// script); on failure they come back after their visibility timeout.
+async fn give_back(shared: Arc<Shared>, fetcher: Arc<Fetcher>, jobs: Vec<Fetched>) {
+    let (topic, group, consumer) = &fetcher.key;
+    let stream = shared.stream_key(topic);
+    let delayed = shared.delayed_key(topic, group);
+    let counts: Vec<String> = jobs.iter().map(|job| job.delivered.to_string()).collect();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(3 + 2 * jobs.len());
+    args.push(group.as_bytes());
+    args.push(consumer.as_bytes());
+    args.push(DELAYED_CONSUMER.as_bytes());
+    for (job, count) in jobs.iter().zip(&counts) {
+        args.push(job.entry.as_bytes());
+        args.push(count.as_bytes());
+    }
+    match shared
+        .link
+        .eval(Script::GiveBack, &[&stream, &delayed], &args)
+        .await
+    {
+        Ok(given) => {
+            tracing::debug!(topic = %topic, group = %group, consumer = %consumer, given = ?integer(&given), "jobs never handed out given back");
+        }
+        Err(error) => {
+            tracing::debug!(topic = %topic, group = %group, consumer = %consumer, %error, "give-back failed; the jobs come back after the visibility timeout");
+        }
+    }
+    fetcher.state().giving_back -= 1;
+    fetcher.fetched.notify_waiters();
+    shared.release(&fetcher);
 }
 
 /// Takes one batch from Redis and leaves it in the fetcher's buffer. Runs
@@ -1161,8 +1341,11 @@ async fn fetch(shared: Arc<Shared>, fetcher: Arc<Fetcher>, plan: FetchPlan) {
             Ok(fetched) => state.buffer.extend(fetched),
             Err(error) => state.failed = Some((Instant::now(), error.to_string())),
         }
+        let unused = state.take_abandoned();
+        shared.give_back(&fetcher, &mut state, unused);
     }
     fetcher.fetched.notify_waiters();
+    shared.release(&fetcher);
 }
 
 async fn fetch_batch(shared: &Shared, fetcher: &Fetcher, plan: FetchPlan) -> Result<Vec<Fetched>> {
@@ -1368,7 +1551,7 @@ fn accept(
                 entry,
                 delivered: 0,
                 job_id: String::new(),
-                checked: false,
+                checked_from: None,
                 done: None,
             };
             // When the ack queue is full or closed the entry comes back
@@ -1439,10 +1622,11 @@ impl WorkBackend for RedisStreamsBackend {
         let started = Instant::now();
         let deadline = started + timeout;
         let key = (topic.to_owned(), group.to_owned(), consumer.to_owned());
-        let receiving = Receiving::new(shared, &key);
-        let fetcher = &receiving.fetcher;
+        let mut receiving = Receiving::new(&self.shared, &key);
+        let fetcher = Arc::clone(&receiving.fetcher);
+        let fetcher = &fetcher;
         // A job buffered longer than this may expire before its handler
-        // ends; it is left for the visibility timeout to bring back.
+        // ends; it is given back to the group for a fresh delivery.
         let fresh_for = options.visibility_timeout / 2;
         // Whether a fetch ended while this call waited: until one has, even
         // a zero timeout waits for Redis's answer.
@@ -1453,8 +1637,11 @@ impl WorkBackend for RedisStreamsBackend {
             fetched.as_mut().enable();
             {
                 let mut state = fetcher.state();
+                let mut stale = Vec::new();
                 while let Some(job) = state.buffer.pop_front() {
                     if job.asked.elapsed() <= fresh_for {
+                        self.shared.give_back(fetcher, &mut state, stale);
+                        receiving.served = true;
                         let batch = shared.options.batch_size;
                         if state.backlog && !state.fetching && state.buffer.len() < batch / 2 {
                             // More is waiting in Redis for a consumer that
@@ -1481,8 +1668,10 @@ impl WorkBackend for RedisStreamsBackend {
                             options.visibility_timeout,
                         )));
                     }
-                    tracing::debug!(topic, group, job_id = %job.message.id, "buffered job too old; left to expire");
+                    tracing::debug!(topic, group, job_id = %job.message.id, "buffered job too old; given back");
+                    stale.push(job);
                 }
+                self.shared.give_back(fetcher, &mut state, stale);
                 if let Some((at, reason)) = state.failed.take() {
                     if at >= started {
                         return Err(Error::transport(NAME, reason));
@@ -1536,7 +1725,7 @@ impl WorkBackend for RedisStreamsBackend {
             entry: token.entry,
             delivered: token.delivered,
             job_id: token.job_id,
-            checked: Instant::now() >= token.unexpired_until,
+            checked_from: Some(token.unexpired_until),
             done: Some(done),
         };
         self.shared

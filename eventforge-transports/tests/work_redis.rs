@@ -9,10 +9,11 @@
 
 mod private_broker;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use eventforge_core::{Delivery, Error, Message, WorkBackend, WorkOptions};
-use eventforge_transports::redis_streams::RedisStreamsBackend;
+use eventforge_transports::redis_streams::{RedisStreamsBackend, RedisStreamsBackendBuilder};
 use futures::FutureExt;
 use redis::AsyncCommands;
 
@@ -38,11 +39,12 @@ impl Queue {
     }
 
     async fn with(name: &str, options: WorkOptions) -> Self {
-        let backend = RedisStreamsBackend::builder(url())
-            .poll_interval(Duration::from_millis(20))
-            .connect()
-            .await
-            .expect("Redis at REDIS_URL");
+        let builder = RedisStreamsBackend::builder(url()).poll_interval(Duration::from_millis(20));
+        Self::built(name, options, builder).await
+    }
+
+    async fn built(name: &str, options: WorkOptions, builder: RedisStreamsBackendBuilder) -> Self {
+        let backend = builder.connect().await.expect("Redis at REDIS_URL");
         Queue {
             backend,
             topic: format!("wq-test.{name}.{}", eventforge_core::new_id()),
@@ -657,7 +659,7 @@ async fn a_cancelled_receive_loses_no_job() {
     assert_eq!((payload(&delivery), delivery.attempt), (1, 1));
     queue.backend.ack(delivery.receipt).await.unwrap();
 
-    // ... and if that consumer is gone, another gets it after the timeout.
+    // ... and if that consumer is gone, it is given back to the group.
     queue.enqueue(2).await;
     let gone = consumer();
     let dropped = queue
@@ -828,4 +830,376 @@ async fn calls_fail_while_redis_is_down_and_work_again_after_it_restarts() {
     backend.ack(after.receipt).await.unwrap();
     assert!(backend.counters().reconnects >= 1);
     backend.close().await.unwrap();
+}
+
+/// The names of the Redis consumers of `group` on the queue's stream.
+async fn consumer_names(queue: &Queue, group: &str) -> Vec<String> {
+    let consumers: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(queue.backend.stream_key(&queue.topic))
+        .arg(group)
+        .query_async(&mut queue.redis().await)
+        .await
+        .unwrap();
+    consumers
+        .iter()
+        .filter_map(|consumer| match consumer.get("name") {
+            Some(redis::Value::BulkString(name)) => {
+                Some(String::from_utf8_lossy(name).into_owned())
+            }
+            Some(redis::Value::SimpleString(name)) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until Redis knows `consumer` in `group`: its first fetch has run
+/// (and found nothing to take, when the stream is empty).
+async fn wait_for_consumer(queue: &Queue, group: &str, consumer: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !consumer_names(queue, group)
+        .await
+        .iter()
+        .any(|name| name == consumer)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "consumer {consumer} never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_fetched_for_a_dropped_receive_goes_to_another_consumer_at_once() {
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_secs(30),
+        ..WorkOptions::default()
+    };
+    let queue = Queue::with("give-back-dropped", options).await;
+    queue.enqueue(1).await;
+    // Polled once (which starts taking the job from Redis), then dropped
+    // by a consumer that never calls again.
+    let dropped = queue
+        .backend
+        .receive(
+            &queue.options,
+            &queue.topic,
+            "default",
+            &consumer(),
+            PATIENCE,
+        )
+        .now_or_never();
+    assert!(
+        dropped.is_none(),
+        "nothing can be ready without Redis answering"
+    );
+    assert_eq!(queue.stats("default").await, (1, 0), "still waiting");
+    // Well within the visibility timeout, and not counted as an attempt.
+    let delivery = queue
+        .try_receive("default", &consumer(), Duration::from_secs(5))
+        .await
+        .expect("handed to another consumer before the visibility timeout");
+    assert_eq!((payload(&delivery), delivery.attempt), (1, 1));
+    assert_eq!(queue.stats("default").await, (0, 1));
+    queue.backend.ack(delivery.receipt).await.unwrap();
+    queue.clean_up(&[]).await;
+}
+
+#[tokio::test]
+async fn a_job_taken_by_the_blocked_read_of_a_dropped_receive_goes_to_another_consumer() {
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_secs(30),
+        ..WorkOptions::default()
+    };
+    // Long blocking reads: the read outlives the receive that started it.
+    let builder = RedisStreamsBackend::builder(url()).poll_interval(Duration::from_secs(2));
+    let queue = Queue::built("give-back-blocked", options, builder).await;
+    let gone = consumer();
+    {
+        let waiting =
+            queue
+                .backend
+                .receive(&queue.options, &queue.topic, "default", &gone, PATIENCE);
+        tokio::pin!(waiting);
+        // Dropped once its fetch found the stream empty and went on to wait.
+        tokio::select! {
+            received = &mut waiting => panic!("nothing to receive: {received:?}"),
+            () = wait_for_consumer(&queue, "default", &gone) => {}
+        }
+    }
+    queue.enqueue(1).await;
+    let delivery = queue
+        .try_receive("default", &consumer(), Duration::from_secs(5))
+        .await
+        .expect("handed to another consumer before the visibility timeout");
+    assert_eq!((payload(&delivery), delivery.attempt), (1, 1));
+    queue.backend.ack(delivery.receipt).await.unwrap();
+    queue.clean_up(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receives_that_time_out_leave_no_job_behind() {
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_secs(30),
+        ..WorkOptions::default()
+    };
+    let queue = std::sync::Arc::new(Queue::with("give-back-timeout", options).await);
+    const JOBS: u32 = 60;
+    let producer = {
+        let queue = std::sync::Arc::clone(&queue);
+        tokio::spawn(async move {
+            for n in 0..JOBS {
+                queue.enqueue(n).await;
+                // Paced so that jobs arrive while short receives come and go.
+                tokio::time::sleep(Duration::from_millis(37)).await;
+            }
+        })
+    };
+    let mut received = Vec::new();
+    // Each call a consumer of its own that never calls again, and times out
+    // while its fetch may still be taking a job from Redis.
+    while !producer.is_finished() {
+        if let Some(delivery) = queue
+            .try_receive("default", &consumer(), Duration::from_millis(25))
+            .await
+        {
+            received.push(payload(&delivery));
+            queue.backend.ack(delivery.receipt).await.unwrap();
+        }
+    }
+    tokio::time::timeout(PATIENCE, producer)
+        .await
+        .expect("producer ends")
+        .unwrap();
+    let last = consumer();
+    while let Some(delivery) = queue.try_receive("default", &last, QUIET).await {
+        assert_eq!(delivery.attempt, 1, "never handed out before");
+        received.push(payload(&delivery));
+        queue.backend.ack(delivery.receipt).await.unwrap();
+    }
+    received.sort_unstable();
+    assert_eq!(received, (0..JOBS).collect::<Vec<_>>());
+    assert_eq!(queue.stats("default").await, (0, 0));
+    std::sync::Arc::into_inner(queue)
+        .expect("the producer is done")
+        .clean_up(&[])
+        .await;
+}
+
+#[tokio::test]
+async fn a_dequeue_cancelled_before_its_answer_leaves_the_job_unspent() {
+    use eventforge_core::WorkQueue;
+
+    let builder = RedisStreamsBackend::builder(url()).poll_interval(Duration::from_millis(20));
+    let backend = builder.connect().await.expect("Redis at REDIS_URL");
+    let topic = format!("wq-test.dequeue-cancel.{}", eventforge_core::new_id());
+    let stream = backend.stream_key(&topic);
+    let delayed = backend.delayed_key(&topic, "default");
+    let queue = WorkQueue::builder(backend)
+        .max_retries(1)
+        .visibility_timeout(Duration::from_secs(30))
+        .summary_interval(None)
+        .build();
+    queue.enqueue(&topic, 7u32).await.unwrap();
+    let dropped = queue.dequeue(&topic, "default", PATIENCE).now_or_never();
+    assert!(
+        dropped.is_none(),
+        "nothing can be ready without Redis answering"
+    );
+    // Neither lost for the visibility timeout nor dead-lettered unrun.
+    let job = tokio::time::timeout(
+        PATIENCE,
+        queue.dequeue(&topic, "default", Duration::from_secs(5)),
+    )
+    .await
+    .expect("dequeue returns within its timeout")
+    .unwrap()
+    .expect("the job, before its visibility timeout");
+    assert_eq!(job.attempt(), 1);
+    job.ack().await.unwrap();
+    let mut redis = redis::Client::open(url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis.del(vec![stream, delayed]).await.unwrap();
+    queue.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn consumers_holding_nothing_are_deleted_once_idle_and_holders_stay() {
+    let builder = RedisStreamsBackend::builder(url())
+        .poll_interval(Duration::from_millis(20))
+        .consumer_idle_limit(Duration::ZERO);
+    let queue = Queue::built("forget-consumers", WorkOptions::default(), builder).await;
+    queue.enqueue(1).await;
+    let holder = consumer();
+    let held = queue.receive("default", &holder).await;
+    for _ in 0..20 {
+        assert!(queue
+            .try_receive("default", &consumer(), Duration::ZERO)
+            .await
+            .is_none());
+    }
+    assert!(consumer_names(&queue, "default").await.len() >= 20);
+    // An ack trims the stream, which deletes the idle consumers.
+    queue.enqueue(2).await;
+    let delivery = queue.receive("default", &consumer()).await;
+    queue.backend.ack(delivery.receipt).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let names = consumer_names(&queue, "default").await;
+        if names == [holder.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "consumers left: {names:?}");
+        // Trimming runs just after the ack returns; nothing marks its end.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    queue
+        .backend
+        .ack(held.receipt)
+        .await
+        .expect("the holder still owns its job");
+    queue.clean_up(&[]).await;
+}
+
+#[tokio::test]
+async fn a_job_enqueued_on_a_topic_without_groups_is_not_stored() {
+    let options = WorkOptions {
+        groups: Vec::new(),
+        max_size: 3,
+        ..WorkOptions::default()
+    };
+    let queue = Queue::with("no-groups", options).await;
+    for n in 0..10 {
+        queue.enqueue(n).await;
+    }
+    assert_eq!(queue.stream_len().await, 0, "nothing kept for no group");
+    assert!(queue
+        .try_receive("late", &consumer(), QUIET)
+        .await
+        .is_none());
+    // Once a group exists, jobs are stored for it, within max_size.
+    for n in 0..3 {
+        queue.enqueue(n).await;
+    }
+    let full = queue.backend.enqueue(&queue.options, queue.job(3)).await;
+    assert!(
+        matches!(full, Err(Error::QueueFull { limit: 3, .. })),
+        "{full:?}"
+    );
+    assert_eq!(queue.stats("late").await, (3, 0));
+    queue.clean_up(&["late"]).await;
+}
+
+#[tokio::test]
+async fn a_retry_of_a_job_deleted_while_in_flight_fails_as_expired_and_delays_nothing() {
+    let queue = Queue::new("retry-deleted").await;
+    queue.enqueue(1).await;
+    queue.enqueue(2).await;
+    let first = queue.receive("default", &consumer()).await;
+    let second = queue.receive("default", &consumer()).await;
+    let stream = queue.backend.stream_key(&queue.topic);
+    let mut redis = queue.redis().await;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(payload(&first), 1, "the first entry is job 1");
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&entries[0].0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let retried = queue
+        .backend
+        .retry(&queue.options, first.receipt, Duration::from_secs(600))
+        .await;
+    assert!(
+        matches!(retried, Err(Error::DeliveryExpired { .. })),
+        "{retried:?}"
+    );
+    let delayed: u64 = redis
+        .zcard(queue.backend.delayed_key(&queue.topic, "default"))
+        .await
+        .unwrap();
+    assert_eq!(delayed, 0, "no retry recorded for a job that is gone");
+    assert_eq!(queue.stats("default").await, (0, 1), "job 2 in flight");
+    queue.backend.ack(second.receipt).await.unwrap();
+    queue.clean_up(&[]).await;
+}
+
+#[tokio::test]
+async fn enqueue_without_a_size_limit_works_after_an_entry_is_deleted() {
+    let options = WorkOptions {
+        max_size: u64::MAX,
+        ..WorkOptions::default()
+    };
+    let queue = Queue::with("no-limit", options).await;
+    for n in 0..3 {
+        queue.enqueue(n).await;
+    }
+    // Deleting an entry the group has not read yet makes Redis unable to
+    // report the group's lag: the script counts the entries instead.
+    let stream = queue.backend.stream_key(&queue.topic);
+    let mut redis = queue.redis().await;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&entries[1].0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    queue.enqueue(3).await;
+    assert_eq!(queue.stats("default").await, (3, 0));
+    queue.clean_up(&[]).await;
+}
+
+#[tokio::test]
+async fn jobs_buffered_for_a_consumer_that_stopped_receiving_go_to_another_consumer() {
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_secs(30),
+        ..WorkOptions::default()
+    };
+    let queue = Queue::with("give-back-busy", options).await;
+    const JOBS: u32 = 10;
+    for n in 0..JOBS {
+        queue.enqueue(n).await;
+    }
+    // Concurrent calls: once they find a backlog the consumer takes a batch
+    // ahead of need, then it never calls again (stopped while running its
+    // three jobs).
+    let busy = consumer();
+    let held = futures::future::join_all((0..3).map(|_| queue.receive("default", &busy))).await;
+    let mut received: Vec<u32> = held.iter().map(payload).collect();
+    let other = consumer();
+    while received.len() < JOBS as usize {
+        let delivery = queue
+            .try_receive("default", &other, Duration::from_secs(5))
+            .await
+            .expect("the rest before the visibility timeout");
+        assert_eq!(delivery.attempt, 1, "never handed out before");
+        received.push(payload(&delivery));
+        queue.backend.ack(delivery.receipt).await.unwrap();
+    }
+    received.sort_unstable();
+    assert_eq!(received, (0..JOBS).collect::<Vec<_>>());
+    for delivery in held {
+        queue.backend.ack(delivery.receipt).await.unwrap();
+    }
+    queue.clean_up(&[]).await;
 }

@@ -69,17 +69,32 @@ end
 local function held(stream, info, cap)
   local lag = field(info, 'lag')
   if not lag then
-    lag = #redis.call('XRANGE', stream, '(' .. field(info, 'last-delivered-id'), '+', 'COUNT', cap)
+    -- Formatted as an integer: Redis reads a large Lua number written as a
+    -- float (1e+15) as no count at all.
+    local count = string.format('%d', cap)
+    lag = #redis.call('XRANGE', stream, '(' .. field(info, 'last-delivered-id'), '+', 'COUNT', count)
   end
   return lag, field(info, 'pending')
 end
 
 -- Removes the entries every group is done with: those before the oldest
--- unacked entry of every group and not after any group's position.
-local function trim(stream)
+-- unacked entry of every group and not after any group's position. Also
+-- deletes the consumers that hold nothing and were idle `idle_ms` or more
+-- (never `parked`, the holder of delayed retries), so consumer names used
+-- once do not pile up.
+local function trim(stream, idle_ms, parked)
   if redis.call('EXISTS', stream) == 0 then return end
   local keep = false
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local group = field(info, 'name')
+    if field(info, 'consumers') > 0 then
+      for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+        local name = field(consumer, 'name')
+        if name ~= parked and field(consumer, 'pending') == 0 and field(consumer, 'idle') >= idle_ms then
+          redis.call('XGROUP', 'DELCONSUMER', stream, group, name)
+        end
+      end
+    end
     local bound
     if field(info, 'pending') > 0 then
       bound = redis.call('XPENDING', stream, field(info, 'name'))[2]
@@ -114,7 +129,9 @@ return 1
 /// has room for.
 ///
 /// KEYS: stream. ARGV: max_size, number of declared groups, the groups,
-/// then one encoded message per job. Returns {jobs stored, fullest group}.
+/// then one encoded message per job. Returns {jobs stored, fullest group};
+/// when the stream has no group at all, nothing is stored (no group would
+/// ever see the jobs) and every job counts as accepted.
 const ENQUEUE: &str = r#"
 local stream = KEYS[1]
 local max = tonumber(ARGV[1])
@@ -142,9 +159,11 @@ for _, info in ipairs(groups) do
     fullest = field(info, 'name')
   end
 end
-if not room then room = max end
 local first = 3 + declared
-local stored = math.max(0, math.min(room, #ARGV - first + 1))
+local jobs = #ARGV - first + 1
+-- Like a topic without groups in memory: no group would ever see the job.
+if not room then return {jobs, ''} end
+local stored = math.max(0, math.min(room, jobs))
 for i = 0, stored - 1 do
   redis.call('XADD', stream, '*', 'message', ARGV[first + i])
 end
@@ -208,13 +227,15 @@ return {out, cursor, next_due}
 
 /// Acks deliveries still owned as the receipts say, then trims if asked.
 ///
-/// KEYS: stream. ARGV: group, trim (`1` or `0`), then (id, consumer,
-/// delivery count) per delivery; a count of 0 acks without the ownership
-/// check. Returns 1 per delivery acked, 0 per delivery that had expired.
+/// KEYS: stream. ARGV: group, trim (`1` or `0`), idle time in ms after
+/// which a consumer holding nothing is deleted, name of the consumer that
+/// holds delayed retries, then (id, consumer, delivery count) per delivery;
+/// a count of 0 acks without the ownership check. Returns 1 per delivery
+/// acked, 0 per delivery that had expired.
 const ACK: &str = r#"
 local stream, group = KEYS[1], ARGV[1]
 local done = {}
-for i = 3, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local id, consumer, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local delivery = owner(stream, group, id)
   if delivery and (count == 0 or (delivery[2] == consumer and delivery[4] == count)) then
@@ -224,7 +245,7 @@ for i = 3, #ARGV, 3 do
     done[#done + 1] = 0
   end
 end
-if ARGV[2] == '1' then trim(stream) end
+if ARGV[2] == '1' then trim(stream, tonumber(ARGV[3]), ARGV[4]) end
 return done
 "#;
 
@@ -232,16 +253,46 @@ return done
 ///
 /// KEYS: stream, delayed set of the group. ARGV: group, consumer, id,
 /// delivery count, delay in ms, name of the consumer that holds delayed
-/// retries. Returns 1, or 0 when the delivery had expired.
+/// retries. Returns 1, or 0 when the delivery had expired or its entry was
+/// deleted.
 const RETRY: &str = r#"
 local stream, delayed = KEYS[1], KEYS[2]
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
 local delivery = owner(stream, group, id)
 if not delivery or delivery[2] ~= consumer or delivery[4] ~= tonumber(ARGV[4]) then return 0 end
-redis.call('XCLAIM', stream, group, ARGV[6], 0, id, 'JUSTID')
+-- An entry deleted while in flight is dropped from the group by the claim
+-- and claimed by nobody: it is gone, not delayed.
+if not redis.call('XCLAIM', stream, group, ARGV[6], 0, id, 'JUSTID')[1] then return 0 end
 -- Due one millisecond late rather than early: TIME is read in whole ms.
 redis.call('ZADD', delayed, now_ms() + tonumber(ARGV[5]) + 1, id)
 return 1
+"#;
+
+/// Gives deliveries taken for a consumer and never handed out back to the
+/// group, due at once: each is parked like a retry whose delay has passed,
+/// with the delivery count it had before it was taken, so the next receive
+/// of any consumer claims it with the same attempt. A delivery no longer
+/// owned as expected (expired and taken again) is left alone.
+///
+/// KEYS: stream, delayed set of the group. ARGV: group, consumer, name of
+/// the consumer that holds delayed retries, then (id, delivery count) per
+/// delivery. Returns how many were given back.
+const GIVE_BACK: &str = r#"
+local stream, delayed = KEYS[1], KEYS[2]
+local group, consumer, parked = ARGV[1], ARGV[2], ARGV[3]
+local now = now_ms()
+local given = 0
+for i = 4, #ARGV, 2 do
+  local id, count = ARGV[i], tonumber(ARGV[i + 1])
+  local delivery = owner(stream, group, id)
+  if delivery and delivery[2] == consumer and delivery[4] == count then
+    if redis.call('XCLAIM', stream, group, parked, 0, id, 'RETRYCOUNT', count - 1, 'JUSTID')[1] then
+      redis.call('ZADD', delayed, now, id)
+      given = given + 1
+    end
+  end
+end
+return given
 "#;
 
 /// Figures of one group.
@@ -266,17 +317,19 @@ pub(super) enum Script {
     Ack,
     Retry,
     Stats,
+    GiveBack,
 }
 
 impl Script {
     /// Every script, in the order their SHA1 digests are kept.
-    pub(super) const ALL: [Script; 6] = [
+    pub(super) const ALL: [Script; 7] = [
         Script::CreateGroup,
         Script::Enqueue,
         Script::Receive,
         Script::Ack,
         Script::Retry,
         Script::Stats,
+        Script::GiveBack,
     ];
 
     /// Position in [`Script::ALL`].
@@ -293,6 +346,7 @@ impl Script {
             Script::Ack => ACK,
             Script::Retry => RETRY,
             Script::Stats => STATS,
+            Script::GiveBack => GIVE_BACK,
         };
         format!("{COMMON}{body}")
     }
