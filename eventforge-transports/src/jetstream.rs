@@ -143,13 +143,15 @@ const MIN_PULL: Duration = Duration::from_millis(50);
 /// Longest life of a pull request made by a waiting `receive` (a longer
 /// wait makes a new one), so a receive dropped while it waits stops
 /// attracting jobs soon after.
-const MAX_PULL: Duration = Duration::from_secs(5);
+const MAX_PULL: Duration = Duration::from_secs(1);
 
-/// Life of a refill, the pull request made after a job was taken: jobs
-/// already waiting fill it at once, and if there are none it ends soon, so
-/// a consumer that stops calling `receive` does not attract jobs (or
-/// redeliveries) it will not take. The next `receive` pulls again.
-const REFILL_PULL: Duration = Duration::from_millis(100);
+/// A job that waited in the feed longer than this before a `receive`
+/// took it is handed out with a progress ack, which restarts the server's
+/// visibility timer: the consumer then has the full timeout.
+const PROGRESS_AFTER: Duration = Duration::from_millis(20);
+
+/// Longest wait for the deliveries already on their way when a feed stops.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// Longest stream name this backend makes: the server stores a file
 /// stream in a directory of that name.
@@ -710,8 +712,9 @@ impl Shared {
             keys.iter().filter_map(|k| feeds.remove(k)).collect()
         };
         for cell in gone {
-            if let Some(feed) = cell.get() {
-                feed.stop.cancel();
+            if let Some(feed) = cell.get().cloned() {
+                // Gives back what it holds; its receives start a new feed.
+                tokio::spawn(async move { feed.stop().await });
             }
         }
     }
@@ -788,8 +791,13 @@ struct Feed {
 struct FeedState {
     // Jobs arrived and not handed out, oldest first.
     ready: VecDeque<Arrival>,
-    // The outstanding pull request, if any.
-    request: Option<PullRequest>,
+    // Outstanding pull requests, oldest first (the server serves them in
+    // that order).
+    requests: VecDeque<PullRequest>,
+    // Receives waiting for a job: the pull requests ask for this many.
+    waiting: usize,
+    // The feed is stopping: no more pull requests.
+    closing: bool,
     // Id of the next pull request (its reply subject's last token).
     next_request: u64,
     // Deliveries handed out and not settled, by stream sequence: for stats
@@ -808,16 +816,6 @@ struct FeedState {
     next_sync: u64,
     // The consumer or its stream is gone: the feed must be re-made.
     broken: Option<String>,
-    // Recent takes, which size the prefetch.
-    pace: Pace,
-}
-
-/// Jobs taken by `receive` in the current and the previous window.
-#[derive(Debug, Default)]
-struct Pace {
-    since: Option<Instant>,
-    taken_now: usize,
-    taken_before: usize,
 }
 
 #[derive(Debug)]
@@ -868,8 +866,26 @@ struct Token {
 enum Next {
     Take(Box<Arrival>),
     Pull(PullRequest),
-    // Until a job or a status arrives, or the pull request expires.
+    // Until a job or a status arrives, or a pull request expires.
     Wait(Instant),
+    // The feed stopped (its topic was forgotten, or the backend closed).
+    Stopped,
+}
+
+/// A `receive` counted among a feed's waiting receives; uncounted when
+/// it takes a job or goes away (returns or is dropped).
+struct WaitingReceive {
+    feed: Arc<Feed>,
+    counted: bool,
+}
+
+impl Drop for WaitingReceive {
+    fn drop(&mut self) {
+        if self.counted {
+            let mut state = self.feed.state();
+            state.waiting = state.waiting.saturating_sub(1);
+        }
+    }
 }
 
 impl Feed {
@@ -914,33 +930,23 @@ impl Feed {
         self.counters.reconnects.load(Ordering::Acquire)
     }
 
-    /// Takes a ready job, or decides to ask the server for more.
-    fn next(&self, time_left: Duration) -> Result<Next> {
+    /// Takes a ready job, or decides to ask the server for more: one pull
+    /// request for the waiting receives no outstanding request covers
+    /// (`counted` says whether this receive is among them already).
+    fn next(&self, time_left: Duration, counted: &mut bool) -> Result<Next> {
         let now = Instant::now();
         let epoch = self.epoch();
         let mut state = self.state();
+        if state.closing {
+            return Ok(Next::Stopped);
+        }
         if let Some(reason) = &state.broken {
             return Err(Error::transport(TRANSPORT, reason.clone()));
         }
         if state.handed.len() + state.retried.len() > FORGET_ABOVE {
-            self.forget_old(&mut state, now);
+            forget_oldest(&mut state, now, self.ack_wait);
         }
         while let Some(arrival) = state.ready.pop_front() {
-            if now.duration_since(arrival.at) >= self.ack_wait {
-                // The server has expired it and hands it out again; until
-                // then it counts as an expired delivery.
-                self.counters
-                    .expired_unclaimed
-                    .fetch_add(1, Ordering::Relaxed);
-                state.handed.insert(
-                    arrival.stream_sequence,
-                    Handed {
-                        delivered: arrival.delivered,
-                        at: arrival.at,
-                    },
-                );
-                continue;
-            }
             state.handed.insert(
                 arrival.stream_sequence,
                 Handed {
@@ -948,78 +954,49 @@ impl Feed {
                     at: arrival.at,
                 },
             );
-            self.pace(&mut state, now).taken_now += 1;
+            if now.duration_since(arrival.at) >= self.ack_wait {
+                // The server has expired it and hands it out again; until
+                // then it counts as an expired delivery.
+                self.counters
+                    .expired_unclaimed
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if std::mem::take(counted) {
+                state.waiting = state.waiting.saturating_sub(1);
+            }
             return Ok(Next::Take(Box::new(arrival)));
         }
-        let live = state
-            .request
-            .is_some_and(|r| r.epoch == epoch && now < r.expires_at);
-        if let Some(request) = state.request.filter(|_| live) {
-            return Ok(Next::Wait(request.expires_at));
+        // A request made before a reconnection is presumed gone with the
+        // old connection; an expired one is over even if its status never
+        // came.
+        state
+            .requests
+            .retain(|r| r.epoch == epoch && now < r.expires_at);
+        if !*counted {
+            *counted = true;
+            state.waiting += 1;
         }
-        let request = PullRequest {
-            id: state.next_request,
-            remaining: self.prefetch(&mut state, now),
-            expires_at: now + time_left.clamp(MIN_PULL, MAX_PULL),
-            epoch,
-        };
-        state.next_request += 1;
-        state.request = Some(request);
-        Ok(Next::Pull(request))
-    }
-
-    /// The window over which takes are counted, rolled forward to `now`.
-    fn pace<'s>(&self, state: &'s mut FeedState, now: Instant) -> &'s mut Pace {
-        let window = (self.ack_wait / 4).max(Duration::from_millis(10));
-        let pace = &mut state.pace;
-        let elapsed = pace.since.map(|since| now.duration_since(since));
-        match elapsed {
-            Some(elapsed) if elapsed < window => {}
-            Some(elapsed) if elapsed < window * 2 => {
-                pace.taken_before = pace.taken_now;
-                pace.taken_now = 0;
-                pace.since = Some(now);
-            }
-            _ => {
-                *pace = Pace {
-                    since: Some(now),
-                    ..Pace::default()
-                };
-            }
+        let asked: usize = state.requests.iter().map(|r| r.remaining).sum();
+        let uncovered = state.waiting.saturating_sub(asked);
+        if uncovered > 0 {
+            let request = PullRequest {
+                id: state.next_request,
+                remaining: uncovered.min(self.batch),
+                expires_at: now + time_left.clamp(MIN_PULL, MAX_PULL),
+                epoch,
+            };
+            state.next_request += 1;
+            state.requests.push_back(request);
+            return Ok(Next::Pull(request));
         }
-        pace
-    }
-
-    /// How many jobs to hold: as many as `receive` took in the last quarter
-    /// of the visibility timeout (at least one, at most the batch size), so
-    /// a prefetched job waits about that long at the current pace rather
-    /// than expiring unhandled (which would cost it an attempt).
-    fn prefetch(&self, state: &mut FeedState, now: Instant) -> usize {
-        let pace = self.pace(state, now);
-        pace.taken_now.max(pace.taken_before).clamp(1, self.batch)
-    }
-
-    /// After a job was taken: keeps a request going while the group is busy.
-    fn refill(&self) -> Option<PullRequest> {
-        let now = Instant::now();
-        let epoch = self.epoch();
-        let mut state = self.state();
-        let live = state
-            .request
-            .is_some_and(|r| r.epoch == epoch && now < r.expires_at);
-        let prefetch = self.prefetch(&mut state, now);
-        if live || state.ready.len() * 2 > prefetch || state.broken.is_some() {
-            return None;
-        }
-        let request = PullRequest {
-            id: state.next_request,
-            remaining: prefetch - state.ready.len(),
-            expires_at: now + REFILL_PULL,
-            epoch,
-        };
-        state.next_request += 1;
-        state.request = Some(request);
-        Some(request)
+        let first_expiry = state
+            .requests
+            .iter()
+            .map(|r| r.expires_at)
+            .min()
+            .unwrap_or(now + MIN_PULL);
+        Ok(Next::Wait(first_expiry))
     }
 
     async fn pull(&self, request: PullRequest) -> Result<()> {
@@ -1036,10 +1013,7 @@ impl Feed {
             )
             .await;
         if let Err(error) = sent {
-            let mut state = self.state();
-            if state.request.is_some_and(|r| r.id == request.id) {
-                state.request = None;
-            }
+            self.state().requests.retain(|r| r.id != request.id);
             return Err(Error::transport(TRANSPORT, error));
         }
         Ok(())
@@ -1091,15 +1065,12 @@ impl Feed {
             }
         };
         let mut state = self.state();
-        let mut ended = false;
-        // Jobs carry no request id: they count against the current request
-        // (one at a time, so a late job of an older one is rare and costs at
-        // most one batch of over-fetch).
-        if let Some(request) = state.request.as_mut() {
+        // Jobs carry no request id: they count against the oldest request,
+        // the one the server serves first.
+        if let Some(request) = state.requests.front_mut() {
             request.remaining = request.remaining.saturating_sub(1);
             if request.remaining == 0 {
-                state.request = None;
-                ended = true;
+                state.requests.pop_front();
             }
         }
         // Back from a retry or an expiry: pending again, not in flight.
@@ -1113,10 +1084,6 @@ impl Feed {
             at: Instant::now(),
         });
         drop(state);
-        if ended {
-            // Besides taking this job, some waiting receive must pull again.
-            self.arrived.notify_waiters();
-        }
         self.arrived.notify_one();
     }
 
@@ -1131,9 +1098,7 @@ impl Feed {
             return;
         }
         let mut state = self.state();
-        if state.request.is_some_and(|r| r.id == request_id) {
-            state.request = None;
-        }
+        state.requests.retain(|r| r.id != request_id);
         if status != StatusCode::TIMEOUT && status != StatusCode::NOT_FOUND {
             let description = message
                 .description
@@ -1233,8 +1198,7 @@ impl Feed {
     /// back, handed out and expired.
     fn not_in_flight(&self, delivered_up_to: u64) -> u64 {
         let now = Instant::now();
-        let mut state = self.state();
-        self.forget_old(&mut state, now);
+        let state = self.state();
         let expired = state
             .handed
             .values()
@@ -1248,21 +1212,12 @@ impl Feed {
         (prefetched + state.retried.len() + expired) as u64
     }
 
-    /// Forgets expired deliveries and retries this process will likely
-    /// never see again (another process received them), so the maps stay
-    /// bounded and the figures stop correcting for them.
-    fn forget_old(&self, state: &mut FeedState, now: Instant) {
-        let horizon = self.ack_wait.saturating_mul(4).max(Duration::from_secs(10));
-        state
-            .handed
-            .retain(|_, h| now.duration_since(h.at) < self.ack_wait + horizon);
-        state
-            .retried
-            .retain(|_, due| now.saturating_duration_since(*due) < horizon);
-    }
-
-    /// Stops the reader and gives prefetched jobs back at once.
+    /// Stops pulling, reads what the server already sent, and gives back
+    /// at once every job not handed out.
     async fn stop(&self) {
+        self.state().closing = true;
+        // Waiting receives see the feed stopped.
+        self.arrived.notify_waiters();
         self.stop.cancel();
         let reader = lock(&self.reader).take();
         if let Some(reader) = reader {
@@ -1271,9 +1226,37 @@ impl Feed {
         let ready: Vec<Arrival> = self.state().ready.drain(..).collect();
         for arrival in ready {
             if let Err(error) = arrival.message.ack_with(AckKind::Nak(None)).await {
-                tracing::debug!(%error, "jetstream nak of a prefetched job failed");
+                tracing::debug!(%error, "jetstream nak of a job not handed out failed");
             }
         }
+    }
+}
+
+/// Keeps the maps of expired deliveries and retries bounded: when they
+/// hold more than [`FORGET_ABOVE`] entries, forgets the oldest half
+/// (likely received by another process, never seen here again). Bounded
+/// by size rather than age, so the figures of a quiet queue stay exact.
+fn forget_oldest(state: &mut FeedState, now: Instant, ack_wait: Duration) {
+    let keep = FORGET_ABOVE / 2;
+    if state.retried.len() > keep {
+        let mut due: Vec<Instant> = state.retried.values().copied().collect();
+        due.sort_unstable();
+        let cut = due[due.len() - keep];
+        state.retried.retain(|_, d| *d >= cut);
+    }
+    let expired: Vec<Instant> = state
+        .handed
+        .values()
+        .filter(|h| now.duration_since(h.at) >= ack_wait)
+        .map(|h| h.at)
+        .collect();
+    if expired.len() > keep {
+        let mut at = expired;
+        at.sort_unstable();
+        let cut = at[at.len() - keep];
+        state
+            .handed
+            .retain(|_, h| now.duration_since(h.at) < ack_wait || h.at >= cut);
     }
 }
 
@@ -1286,11 +1269,24 @@ async fn read_loop(feed: Arc<Feed>, mut subscriber: async_nats::Subscriber) {
             _ = &mut stopped => break,
             message = subscriber.next() => match message {
                 Some(message) => feed.arrived(message),
-                None => break,
+                None => return,
             },
         }
     }
-    let _ = subscriber.unsubscribe().await;
+    // No pull request is made any more: unsubscribe, and read what the
+    // server sent before it saw that (the stream ends once it confirms),
+    // so `stop` gives those jobs back too.
+    if subscriber.drain().await.is_err() {
+        return;
+    }
+    let drained = async {
+        while let Some(message) = subscriber.next().await {
+            feed.arrived(message);
+        }
+    };
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
+        tracing::debug!(topic = %feed.topic, group = %feed.group, "jetstream feed drain timed out");
+    }
 }
 
 /// Sends an ack-kind reply and waits for the server to confirm it.
@@ -1483,13 +1479,17 @@ impl WorkBackend for JetStreamBackend {
         check_topic(topic)?;
         self.check_connected()?;
         let deadline = Instant::now() + timeout;
-        let feed = self.shared.feed(options, topic, group).await?;
+        let mut waiting = WaitingReceive {
+            feed: self.shared.feed(options, topic, group).await?,
+            counted: false,
+        };
         loop {
+            let feed = Arc::clone(&waiting.feed);
             let notified = feed.arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let time_left = deadline.saturating_duration_since(Instant::now());
-            let next = match feed.next(time_left) {
+            let next = match feed.next(time_left, &mut waiting.counted) {
                 Ok(next) => next,
                 Err(error) => {
                     // The consumer (maybe the stream) is gone: the next call
@@ -1518,14 +1518,7 @@ impl WorkBackend for JetStreamBackend {
                             continue;
                         }
                     };
-                    if let Some(request) = feed.refill() {
-                        // Not awaited here: the job is already out of the
-                        // feed, and a receive dropped now would lose it
-                        // until the visibility timeout. A failed refill is
-                        // made again by the next receive.
-                        let feed = Arc::clone(&feed);
-                        tokio::spawn(async move { feed.pull(request).await });
-                    }
+                    let at = feed.hand_out(&arrival).await;
                     self.shared
                         .counters
                         .delivered
@@ -1536,7 +1529,7 @@ impl WorkBackend for JetStreamBackend {
                         job_id: message.id.clone(),
                         stream_sequence: arrival.stream_sequence,
                         delivered: arrival.delivered,
-                        at: arrival.at,
+                        at,
                         message: arrival.message,
                     };
                     return Ok(Some(Delivery {
@@ -1549,7 +1542,7 @@ impl WorkBackend for JetStreamBackend {
                     feed.pull(request).await?;
                 }
                 Next::Wait(request_expires) => {
-                    // Past its expiry the request is over even if the
+                    // Past its expiry a request is over even if the
                     // server's status about it never came: look again.
                     let until = deadline.min(request_expires);
                     if tokio::time::timeout_at(until, notified).await.is_err()
@@ -1557,6 +1550,17 @@ impl WorkBackend for JetStreamBackend {
                     {
                         return Ok(None);
                     }
+                }
+                Next::Stopped => {
+                    // Its topic was forgotten while this receive waited:
+                    // go on with the topic's new feed.
+                    self.check_open()?;
+                    let fresh = self.shared.feed(options, topic, group).await?;
+                    // Uncounts this receive on the old feed.
+                    waiting = WaitingReceive {
+                        feed: fresh,
+                        counted: false,
+                    };
                 }
             }
         }
@@ -1694,6 +1698,38 @@ impl Token {
 }
 
 impl Feed {
+    /// When the handed-out delivery's visibility timeout began, as far as
+    /// this process knows: a job that waited here restarts the server's
+    /// timer with a progress ack first, so the consumer gets the full
+    /// visibility timeout.
+    async fn hand_out(&self, arrival: &Arrival) -> Instant {
+        if arrival.at.elapsed() < PROGRESS_AFTER {
+            return arrival.at;
+        }
+        let Some(reply) = arrival.message.reply.clone() else {
+            return arrival.at;
+        };
+        let now = Instant::now();
+        match self
+            .client
+            .publish(reply, Bytes::from(AckKind::Progress))
+            .await
+        {
+            Ok(()) => {
+                if let Some(handed) = self.state().handed.get_mut(&arrival.stream_sequence) {
+                    if handed.delivered == arrival.delivered {
+                        handed.at = now;
+                    }
+                }
+                now
+            }
+            Err(error) => {
+                tracing::debug!(%error, "jetstream progress ack failed");
+                arrival.at
+            }
+        }
+    }
+
     /// Forgets a delivery once acked, retried or expired.
     fn settled(&self, token: &Token) {
         let mut state = self.state();
