@@ -604,10 +604,40 @@ impl Shared {
         });
         // Before any job: a stream without consumers keeps nothing.
         for group in &options.groups {
-            self.consumer(options, &topic_state, group, true).await?;
+            self.consumer(options, &topic_state, group, true)
+                .await
+                .map_err(ConsumerFailure::into_error)?;
         }
         tracing::debug!(topic, stream = %topic_state.stream, "work queue stream ready");
         Ok(topic_state)
+    }
+
+    /// The stream of `topic` and the durable consumer of `group`, created
+    /// if needed; a stream deleted by another process is made again, once.
+    async fn topic_consumer(
+        &self,
+        options: &WorkOptions,
+        topic: &str,
+        group: &str,
+        from_start: bool,
+    ) -> Result<(Arc<Topic>, PullConsumer)> {
+        let topic_state = self.topic(options, topic).await?;
+        match self.consumer(options, &topic_state, group, from_start).await {
+            Ok(consumer) => Ok((topic_state, consumer)),
+            Err(ConsumerFailure::NoStream(_)) => {
+                tracing::warn!(topic, "work queue stream is gone; creating it again");
+                // Only the stream's entry: feeds of its other groups find
+                // out by themselves, and this call may be making a feed.
+                lock(&self.topics).remove(topic);
+                let topic_state = self.topic(options, topic).await?;
+                let consumer = self
+                    .consumer(options, &topic_state, group, from_start)
+                    .await
+                    .map_err(ConsumerFailure::into_error)?;
+                Ok((topic_state, consumer))
+            }
+            Err(ConsumerFailure::Other(error)) => Err(error),
+        }
     }
 
     /// The durable consumer of `group`, created if needed.
@@ -617,7 +647,7 @@ impl Shared {
         topic: &Topic,
         group: &str,
         from_start: bool,
-    ) -> Result<PullConsumer> {
+    ) -> std::result::Result<PullConsumer, ConsumerFailure> {
         if let Some(known) = lock(&topic.consumers).get(group) {
             return Ok(known.clone());
         }
@@ -653,10 +683,10 @@ impl Shared {
                         .js
                         .get_consumer_from_stream::<pull::Config, _, _>(&name, &topic.stream)
                         .await
-                        .map_err(|e| Error::transport(TRANSPORT, e))?,
+                        .map_err(ConsumerFailure::from)?,
                 }
             }
-            Err(error) => return Err(Error::transport(TRANSPORT, error)),
+            Err(error) => return Err(ConsumerFailure::from(error)),
         };
         lock(&topic.consumers).insert(group.to_owned(), consumer.clone());
         Ok(consumer)
@@ -671,10 +701,9 @@ impl Shared {
                 .or_insert_with(|| Arc::new(OnceCell::new())),
         );
         cell.get_or_try_init(|| async {
-            let topic_state = self.topic(options, topic).await?;
             let from_start = options.groups.iter().any(|g| g == group);
-            let consumer = self
-                .consumer(options, &topic_state, group, from_start)
+            let (_, consumer) = self
+                .topic_consumer(options, topic, group, from_start)
                 .await?;
             Feed::start(self, topic, group, consumer).await
         })
@@ -716,6 +745,34 @@ impl Shared {
                 // Gives back what it holds; its receives start a new feed.
                 tokio::spawn(async move { feed.stop().await });
             }
+        }
+    }
+}
+
+/// Why a consumer could not be had.
+enum ConsumerFailure {
+    // Its stream does not exist (deleted by another process).
+    NoStream(Error),
+    Other(Error),
+}
+
+impl ConsumerFailure {
+    fn into_error(self) -> Error {
+        match self {
+            ConsumerFailure::NoStream(error) | ConsumerFailure::Other(error) => error,
+        }
+    }
+}
+
+impl From<jetstream::stream::ConsumerError> for ConsumerFailure {
+    fn from(error: jetstream::stream::ConsumerError) -> Self {
+        let no_stream = matches!(error.kind(), jetstream::stream::ConsumerErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
+        let error = Error::transport(TRANSPORT, error);
+        if no_stream {
+            ConsumerFailure::NoStream(error)
+        } else {
+            ConsumerFailure::Other(error)
         }
     }
 }
@@ -1428,9 +1485,8 @@ impl WorkBackend for JetStreamBackend {
     ) -> Result<()> {
         check_topic(topic)?;
         self.check_connected()?;
-        let topic_state = self.shared.topic(options, topic).await?;
         self.shared
-            .consumer(options, &topic_state, group, from_start)
+            .topic_consumer(options, topic, group, from_start)
             .await?;
         Ok(())
     }
@@ -1634,7 +1690,11 @@ impl WorkBackend for JetStreamBackend {
         self.check_open()?;
         self.shared.forget_topic(topic);
         let stream = self.stream_name(topic);
-        match self.shared.js.delete_stream(&stream).await {
+        let deleted = self.shared.js.delete_stream(&stream).await;
+        // Again: a receive waiting meanwhile may have made a feed of the
+        // stream just deleted.
+        self.shared.forget_topic(topic);
+        match deleted {
             Ok(status) => Ok(status.success),
             Err(error) => {
                 if let jetstream::context::DeleteStreamErrorKind::JetStream(inner) = error.kind() {
