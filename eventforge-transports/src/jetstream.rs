@@ -497,9 +497,14 @@ impl JetStreamBackend {
     /// confirm this process's acks before they answer, so their figures
     /// and refusals already count them. Call this before reading the
     /// server's state by other means.
+    ///
+    /// Fails with [`Error::Transport`] when the connection was lost and
+    /// re-established since some of those acks were sent: the server may
+    /// not have had them, and their jobs then come back after the
+    /// visibility timeout.
     pub async fn settle(&self) -> Result<()> {
         self.check_connected()?;
-        self.shared.confirm_acks(None).await.map(|_| ())
+        self.shared.confirm_acks(None).await?.check()
     }
 
     /// Counts the times the connection was re-established; wait on it
@@ -711,19 +716,22 @@ impl Shared {
         .cloned()
     }
 
-    /// Confirms the acks of every feed (of `topic` only, if given); true
-    /// when some were waiting for confirmation.
-    async fn confirm_acks(&self, topic: Option<&str>) -> Result<bool> {
+    /// Confirms the acks of every feed (of `topic` only, if given).
+    async fn confirm_acks(&self, topic: Option<&str>) -> Result<Confirmed> {
         let feeds: Vec<Arc<Feed>> = lock(&self.feeds)
             .iter()
             .filter(|((t, _), _)| topic.is_none_or(|topic| topic == t))
             .filter_map(|(_, cell)| cell.get().cloned())
             .filter(|feed| feed.state().unconfirmed.is_some())
             .collect();
+        let mut confirmed = Confirmed {
+            some: !feeds.is_empty(),
+            maybe_lost: false,
+        };
         for feed in &feeds {
-            feed.confirm().await?;
+            confirmed.maybe_lost |= feed.confirm().await?;
         }
-        Ok(!feeds.is_empty())
+        Ok(confirmed)
     }
 
     fn existing_feed(&self, topic: &str, group: &str) -> Option<Arc<Feed>> {
@@ -746,6 +754,29 @@ impl Shared {
                 tokio::spawn(async move { feed.stop().await });
             }
         }
+    }
+}
+
+/// What confirming acks found.
+struct Confirmed {
+    // Some acks were waiting for confirmation.
+    some: bool,
+    // Some were sent before a reconnection: the server may never have had
+    // them.
+    maybe_lost: bool,
+}
+
+impl Confirmed {
+    fn check(&self) -> Result<()> {
+        if self.maybe_lost {
+            return Err(Error::transport(
+                TRANSPORT,
+                "the connection to the NATS server was lost after some acks were sent; \
+                 those the server did not get make their jobs come back after the \
+                 visibility timeout",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -868,6 +899,9 @@ struct FeedState {
     // server, until a confirmed ack on it proves the server applied it
     // (and, in order, every earlier one of this consumer).
     unconfirmed: Option<async_nats::Subject>,
+    // The connection (reconnection count) the oldest unconfirmed ack was
+    // sent on: after a reconnection, the server may not have had it.
+    unconfirmed_since: u64,
     // Round trips through the server waiting to complete.
     syncs: HashMap<u64, oneshot::Sender<()>>,
     next_sync: u64,
@@ -1186,17 +1220,23 @@ impl Feed {
             .publish(reply.clone(), Bytes::from(kind))
             .await
             .map_err(|e| Error::transport(TRANSPORT, e))?;
-        self.state().unconfirmed = Some(reply);
+        let epoch = self.epoch();
+        let mut state = self.state();
+        if state.unconfirmed.is_none() {
+            state.unconfirmed_since = epoch;
+        }
+        state.unconfirmed = Some(reply);
         Ok(())
     }
 
     /// Waits until the server has applied every ack and term this feed
     /// sent: the server handles one consumer's acks in order, so a
     /// confirmed ack sent after them (on the last one's subject; acking a
-    /// settled delivery again changes nothing) proves it.
-    async fn confirm(&self) -> Result<()> {
+    /// settled delivery again changes nothing) proves it. True when some
+    /// were sent before a reconnection (the server may not have had them).
+    async fn confirm(&self) -> Result<bool> {
         let Some(reply) = self.state().unconfirmed.clone() else {
-            return Ok(());
+            return Ok(false);
         };
         match self
             .client
@@ -1208,11 +1248,18 @@ impl Feed {
             Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
             Err(error) => return Err(Error::transport(TRANSPORT, error)),
         }
+        let epoch = self.epoch();
         let mut state = self.state();
+        let maybe_lost = state.unconfirmed_since != epoch;
         if state.unconfirmed.as_ref() == Some(&reply) {
             state.unconfirmed = None;
         }
-        Ok(())
+        state.unconfirmed_since = epoch;
+        if maybe_lost {
+            tracing::warn!(topic = %self.topic, group = %self.group,
+                "jetstream acks sent before a reconnection may be lost; their jobs come back after the visibility timeout");
+        }
+        Ok(maybe_lost)
     }
 
     /// A round trip through the server on this feed's inbox: once it is
@@ -1506,7 +1553,7 @@ impl WorkBackend for JetStreamBackend {
         if let PublishOutcome::Full = outcome {
             // Acks of this process the server has not applied yet may be
             // what fills the stream: once they are, the refusal is exact.
-            if self.shared.confirm_acks(Some(&job.topic)).await? {
+            if self.shared.confirm_acks(Some(&job.topic)).await?.some {
                 outcome = self.publish(&topic, &job).await?;
             }
         }
@@ -1711,9 +1758,13 @@ impl WorkBackend for JetStreamBackend {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Err(error) = self.shared.confirm_acks(None).await {
-            tracing::warn!(%error, "jetstream acks not confirmed on close; their jobs may come back");
-        }
+        let confirmed = match self.shared.confirm_acks(None).await {
+            Ok(confirmed) => confirmed.check(),
+            Err(error) => {
+                tracing::warn!(%error, "jetstream acks not confirmed on close; their jobs may come back");
+                Ok(())
+            }
+        };
         let feeds: Vec<Arc<Feed>> = lock(&self.shared.feeds)
             .drain()
             .filter_map(|(_, cell)| cell.get().cloned())
@@ -1735,7 +1786,7 @@ impl WorkBackend for JetStreamBackend {
             Err(_) => tracing::debug!("jetstream flush on close timed out"),
         }
         tracing::debug!("jetstream work backend closed");
-        Ok(())
+        confirmed
     }
 }
 

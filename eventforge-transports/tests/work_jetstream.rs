@@ -1077,3 +1077,56 @@ async fn stats_stay_exact_long_after_an_expiry_and_a_retry() {
     );
     cleanup(backend, &[&topic]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_reports_acks_sent_before_a_reconnection() {
+    use private_broker::{Kind, PrivateBroker};
+    const JOBS: u64 = 5;
+
+    let store = std::env::temp_dir().join(format!("eventforge-js-{}", eventforge_core::new_id()));
+    let store_arg = store.to_str().unwrap().to_owned();
+    let mut broker = PrivateBroker::start_with(Kind::Nats, &["-js", "-sd", &store_arg]).await;
+    let backend = JetStreamBackend::builder()
+        .server(broker.url())
+        .request_timeout(Duration::from_secs(1))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let topic = unique("lost-acks");
+    let options = options(&["default"]);
+    for n in 0..JOBS {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    let mut deliveries = Vec::new();
+    for _ in 0..JOBS {
+        deliveries.push(next(&backend, &options, &topic, "default").await);
+    }
+
+    // The acks reach a server that never reads them.
+    broker.freeze().await;
+    for delivery in deliveries {
+        backend.ack(delivery.receipt).await.unwrap();
+    }
+    let mut reconnections = backend.reconnections();
+    broker.restart().await;
+    tokio::time::timeout(PATIENCE, reconnections.wait_for(|n| *n >= 1))
+        .await
+        .expect("reconnected in time")
+        .unwrap();
+    let settled = tokio::time::timeout(PATIENCE, backend.settle())
+        .await
+        .expect("settle in time");
+    assert!(
+        matches!(settled, Err(Error::Transport { .. })),
+        "acks the server may not have had reported as applied: {settled:?}"
+    );
+    // Reported once: what is sent from now on is confirmed as usual.
+    tokio::time::timeout(PATIENCE, backend.settle())
+        .await
+        .expect("settle in time")
+        .unwrap();
+    cleanup(backend, &[&topic]).await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&store);
+}
