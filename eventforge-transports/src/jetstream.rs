@@ -30,8 +30,7 @@
 //!   [`WorkQueue`](eventforge_core::work_queue) dead-letters a job once
 //!   its attempt goes past what [`WorkOptions::max_retries`] allows, and a
 //!   server-side limit would instead leave such a job stranded in the
-//!   stream, unacked and never delivered again (prefetched jobs that
-//!   expire unclaimed also use up deliveries).
+//!   stream, unacked and never delivered again.
 //!
 //! With no declared groups, a job enqueued before any group exists is
 //! acknowledged by the server but not kept (nobody has interest in it).
@@ -53,8 +52,11 @@
 //! confirmed ack per consumer: the server applies a consumer's acks in
 //! order), so figures and `max_size` count every ack that returned. An
 //! ack lost with the connection before the server applied it makes the
-//! job come back after the visibility timeout, as at-least-once allows.
-//! [`JetStreamBackend::settle`] confirms on demand.
+//! job come back after the visibility timeout, as at-least-once allows;
+//! [`JetStreamBackend::settle`] (which confirms on demand) and
+//! [`close`](WorkBackend::close) then fail with [`Error::Transport`]
+//! when the connection was re-established since acks still unconfirmed
+//! were sent.
 //!
 //! JetStream accepts an ack of an expired delivery (and applies it to the
 //! newer one), so the backend tells expiry itself: an ack or retry of a
@@ -78,31 +80,45 @@
 //! delivered), `in_flight` = `num_ack_pending`. JetStream counts as ack
 //! pending some jobs the queue counts as waiting: jobs a NAK put back
 //! (delayed or not) until they are delivered again, deliveries that
-//! expired, and jobs a feed prefetched but no `receive` took. For what this
-//! process did (its prefetch, its retries, its expired deliveries) the
+//! expired, and jobs that arrived for a `receive` that had gone. For what
+//! this process did (such jobs, its retries, its expired deliveries) the
 //! backend moves them from `in_flight` to `pending`, after a round trip
 //! that makes sure every delivery the server sent before its figures has
 //! arrived; so the figures are exact when the queue is quiet and one
-//! process uses it. Another process's prefetched and retried jobs show as
-//! in flight.
+//! process uses it. Another process's such jobs and retries show as in
+//! flight. The corrections for expired deliveries and retries are kept
+//! until a feed tracks 4096 of them (then the oldest half is forgotten),
+//! however long ago they happened.
 //!
-//! # Prefetch
+//! # Pulls
 //!
 //! Each (topic, group) pair used by `receive` in a process has one pull
-//! feed: one pull request at a time asks the server for up to
-//! [`batch_size`] jobs, and what arrives stays in the feed until a
-//! `receive` takes it, so `receive` is cancel-safe (a job taken from the
-//! server but not handed out stays for the next call) and consumers do not
-//! pay a round trip per job. The feed asks for about as many jobs as
-//! `receive` took in the last quarter of the visibility timeout, so a slow
-//! consumer holds few. Only a waiting `receive` keeps a pull request open
-//! for long (up to its timeout, 5 s at a time); the refill made after a job
-//! is taken ends after 100 ms if no job comes, so a consumer that stops
-//! receiving does not attract jobs, or redeliveries meant for another
-//! consumer, that it will not take. A prefetched job nobody takes within
-//! the visibility timeout is dropped locally and redelivered by the server
-//! (attempt + 1), and [`close`](WorkBackend::close) gives prefetched jobs
-//! back at once (also attempt + 1, as JetStream counts every delivery).
+//! feed. JetStream counts every delivery as an attempt, even of a job
+//! given back unrun, so the feed pulls only for receives that are
+//! waiting: a pull request asks for as many jobs as receives wait that
+//! no outstanding request covers (up to [`batch_size`]; concurrent
+//! receives share requests), lives as long as the receive that made it
+//! waits (at most 1 s, then a new one), and nothing is read ahead. A job
+//! that arrives after its receive was dropped or timed out stays in the
+//! feed for the next `receive` (so `receive` is cancel-safe), which hands
+//! it out with a progress ack that restarts the server's visibility timer;
+//! if nobody takes it within the visibility timeout it is dropped locally
+//! and redelivered by the server (attempt + 1).
+//! [`close`](WorkBackend::close) stops pulling, reads what the server
+//! had already sent, and gives every job not handed out back at once.
+//!
+//! A pull request that ends without a word from the server (the server
+//! says nothing of a pull to a consumer that was deleted) or with the
+//! connection makes the next pull first check that the group's consumer
+//! still exists; if an operator deleted it, that `receive` fails with
+//! [`Error::Transport`] and the next one makes the consumer again. A
+//! stream deleted by another process is made again by the next `receive`
+//! or `create_group`, as by `enqueue`.
+//!
+//! A consumer that calls `receive` one job at a time pays a round trip to
+//! the server per job; run several receives at once (as
+//! [`WorkQueue`](eventforge_core::work_queue) consumers do) for
+//! throughput.
 //!
 //! [`batch_size`]: JetStreamBackendBuilder::batch_size
 
@@ -212,8 +228,9 @@ pub struct JetStreamCounters {
     /// Stream entries that were not an eventforge Message: terminated (the
     /// group never sees them again) and skipped.
     pub undecodable: u64,
-    /// Prefetched deliveries dropped because they waited longer than the
-    /// visibility timeout; the server hands them out again.
+    /// Deliveries that arrived for a receive that had gone and waited here
+    /// longer than the visibility timeout: dropped, and the server hands
+    /// them out again.
     pub expired_unclaimed: u64,
     /// Times the connection was re-established.
     pub reconnects: u64,
@@ -276,8 +293,8 @@ impl JetStreamBackendBuilder {
         self
     }
 
-    /// Most jobs one (topic, group) feed asks the server for at once and
-    /// holds for its `receive` calls (default 64, at least 1).
+    /// Most jobs one pull request asks the server for, for that many
+    /// waiting `receive` calls of a (topic, group) (default 64, at least 1).
     pub fn batch_size(mut self, jobs: usize) -> Self {
         self.batch_size = jobs.max(1);
         self
@@ -627,7 +644,10 @@ impl Shared {
         from_start: bool,
     ) -> Result<(Arc<Topic>, PullConsumer)> {
         let topic_state = self.topic(options, topic).await?;
-        match self.consumer(options, &topic_state, group, from_start).await {
+        match self
+            .consumer(options, &topic_state, group, from_start)
+            .await
+        {
             Ok(consumer) => Ok((topic_state, consumer)),
             Err(ConsumerFailure::NoStream(_)) => {
                 tracing::warn!(topic, "work queue stream is gone; creating it again");
@@ -838,11 +858,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The jobs of one (topic, group) that this process pulls from the server.
 ///
-/// One pull request is outstanding at a time, each on its own reply subject
-/// (`<inbox>.<n>`) so that what arrives, including the server's "request
-/// expired" status, is attributed to the right request. A reader task puts
-/// arriving jobs in `state.ready`; `receive` takes them from there, so a
-/// receive dropped while waiting loses nothing.
+/// Pull requests, for the waiting receives, are each on their own reply
+/// subject (`<inbox>.<n>`) so that the server's "request expired" status
+/// is attributed to the right request. A reader task puts arriving jobs
+/// in `state.ready`; `receive` takes them from there, so a receive dropped
+/// while waiting loses nothing.
 #[derive(Debug)]
 struct Feed {
     // For logs, and to forget the feed with its topic.
@@ -861,7 +881,7 @@ struct Feed {
     // The consumer's ack wait as the server holds it: when a delivery
     // has certainly expired.
     ack_wait: Duration,
-    // Most jobs to hold at once.
+    // Most jobs one pull request asks for.
     batch: usize,
     counters: Arc<Counters>,
     // Everything receive, the reader and stats share; never held across
@@ -907,6 +927,10 @@ struct FeedState {
     next_sync: u64,
     // The consumer or its stream is gone: the feed must be re-made.
     broken: Option<String>,
+    // A pull request ended without a word from the server (or with the
+    // connection): the server says nothing of a pull to a consumer that
+    // was deleted, so ask whether it still exists.
+    suspect: bool,
 }
 
 #[derive(Debug)]
@@ -959,6 +983,8 @@ enum Next {
     Pull(PullRequest),
     // Until a job or a status arrives, or a pull request expires.
     Wait(Instant),
+    // Whether the consumer still exists, before pulling again.
+    Check,
     // The feed stopped (its topic was forgotten, or the backend closed).
     Stopped,
 }
@@ -1061,15 +1087,20 @@ impl Feed {
         // A request made before a reconnection is presumed gone with the
         // old connection; an expired one is over even if its status never
         // came.
+        let before = state.requests.len();
         state
             .requests
             .retain(|r| r.epoch == epoch && now < r.expires_at);
+        state.suspect |= state.requests.len() < before;
         if !*counted {
             *counted = true;
             state.waiting += 1;
         }
         let asked: usize = state.requests.iter().map(|r| r.remaining).sum();
         let uncovered = state.waiting.saturating_sub(asked);
+        if uncovered > 0 && std::mem::take(&mut state.suspect) {
+            return Ok(Next::Check);
+        }
         if uncovered > 0 {
             let request = PullRequest {
                 id: state.next_request,
@@ -1088,6 +1119,26 @@ impl Feed {
             .min()
             .unwrap_or(now + MIN_PULL);
         Ok(Next::Wait(first_expiry))
+    }
+
+    /// Marks the feed broken when its consumer no longer exists.
+    async fn check_consumer(&self) {
+        let info = self.consumer.cached_info();
+        let subject = format!("CONSUMER.INFO.{}.{}", info.stream_name, info.name);
+        let response: std::result::Result<Response<jetstream::consumer::Info>, _> =
+            self.js.request(subject, &serde_json::json!({})).await;
+        match response {
+            Ok(Response::Err { error }) if error.code() == 404 => {
+                self.state().broken = Some(format!(
+                    "the jetstream consumer {} of {} is gone: {error}",
+                    self.group, self.topic
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(topic = %self.topic, group = %self.group, %error, "jetstream consumer check failed");
+            }
+        }
     }
 
     async fn pull(&self, request: PullRequest) -> Result<()> {
@@ -1297,7 +1348,7 @@ impl Feed {
 
     /// Jobs the server counted as ack pending, when it had delivered up to
     /// consumer sequence `delivered_up_to`, that the queue counts as
-    /// pending: prefetched and not handed out (delivered by then, or a
+    /// pending: arrived and not handed out (delivered by then, or a
     /// redelivery, which was ack pending before), retried and not yet
     /// back, handed out and expired.
     fn not_in_flight(&self, delivered_up_to: u64) -> u64 {
@@ -1308,12 +1359,12 @@ impl Feed {
             .values()
             .filter(|h| now.duration_since(h.at) >= self.ack_wait)
             .count();
-        let prefetched = state
+        let not_handed = state
             .ready
             .iter()
             .filter(|a| a.consumer_sequence <= delivered_up_to || a.delivered > 1)
             .count();
-        (prefetched + state.retried.len() + expired) as u64
+        (not_handed + state.retried.len() + expired) as u64
     }
 
     /// Stops pulling, reads what the server already sent, and gives back
@@ -1644,6 +1695,7 @@ impl WorkBackend for JetStreamBackend {
                 Next::Pull(request) => {
                     feed.pull(request).await?;
                 }
+                Next::Check => feed.check_consumer().await,
                 Next::Wait(request_expires) => {
                     // Past its expiry a request is over even if the
                     // server's status about it never came: look again.
@@ -1658,7 +1710,15 @@ impl WorkBackend for JetStreamBackend {
                     // Its topic was forgotten while this receive waited:
                     // go on with the topic's new feed.
                     self.check_open()?;
-                    let fresh = self.shared.feed(options, topic, group).await?;
+                    let fresh = match self.shared.feed(options, topic, group).await {
+                        Ok(fresh) => fresh,
+                        // Made while the stream was being deleted: once more.
+                        Err(error) => {
+                            tracing::debug!(topic, group, %error, "work queue feed made again");
+                            self.shared.forget_topic(topic);
+                            self.shared.feed(options, topic, group).await?
+                        }
+                    };
                     // Uncounts this receive on the old feed.
                     waiting = WaitingReceive {
                         feed: fresh,
@@ -1774,7 +1834,7 @@ impl WorkBackend for JetStreamBackend {
         }
         self.shared.shutdown.cancel();
         lock(&self.shared.topics).clear();
-        // What close sent (NAKs of prefetched jobs) reaches the server.
+        // What close sent (NAKs of jobs not handed out) reaches the server.
         match tokio::time::timeout(
             self.shared.options.request_timeout,
             self.shared.client.flush(),

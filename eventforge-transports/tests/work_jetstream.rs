@@ -1001,7 +1001,14 @@ async fn a_topic_deleted_by_another_process_is_made_again_by_receive_and_create_
         .unwrap();
     assert!(elsewhere.delete_topic(&topic).await.unwrap());
 
-    nothing_for(&here, &options, &topic, "second", Duration::from_millis(200)).await;
+    nothing_for(
+        &here,
+        &options,
+        &topic,
+        "second",
+        Duration::from_millis(200),
+    )
+    .await;
     here.create_group(&options, &topic, "third", false)
         .await
         .unwrap();
@@ -1129,4 +1136,39 @@ async fn settle_reports_acks_sent_before_a_reconnection() {
     cleanup(backend, &[&topic]).await;
     drop(broker);
     let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_consumer_was_deleted_is_made_again_by_its_receives() {
+    let topic = unique("consumer-deleted");
+    let options = options(&["a", "b"]);
+    let backend = connect().await;
+    backend.enqueue(&options, job(&topic, 0)).await.unwrap();
+    let first = next(&backend, &options, &topic, "a").await;
+    backend.ack(first.receipt).await.unwrap();
+
+    // An operator removes the group's consumer; the stream stays.
+    let admin = async_nats::jetstream::new(async_nats::connect(url()).await.unwrap());
+    let stream = admin.get_stream(backend.stream_name(&topic)).await.unwrap();
+    stream.delete_consumer("a").await.unwrap();
+    backend.enqueue(&options, job(&topic, 1)).await.unwrap();
+
+    // Receives may fail while the feed finds out; then the group is back.
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let received = backend
+                .receive(&options, &topic, "a", "c", Duration::from_millis(500))
+                .await;
+            if let Ok(Some(delivery)) = received {
+                let payload = delivery.message.payload.as_u64();
+                backend.ack(delivery.receipt).await.unwrap();
+                if payload == Some(1) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "group a never received the later job");
+    cleanup(backend, &[&topic]).await;
 }
