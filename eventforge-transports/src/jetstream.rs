@@ -1829,9 +1829,8 @@ impl WorkBackend for JetStreamBackend {
             .drain()
             .filter_map(|(_, cell)| cell.get().cloned())
             .collect();
-        for feed in feeds {
-            feed.stop().await;
-        }
+        // Together: each may wait up to the drain time for the server.
+        futures::future::join_all(feeds.iter().map(|feed| feed.stop())).await;
         self.shared.shutdown.cancel();
         lock(&self.shared.topics).clear();
         // What close sent (NAKs of jobs not handed out) reaches the server.
