@@ -115,6 +115,12 @@
 //! stream deleted by another process is made again by the next `receive`
 //! or `create_group`, as by `enqueue`.
 //!
+//! A feed that no `receive` used for
+//! [`feed_idle_timeout`](JetStreamBackendBuilder::feed_idle_timeout)
+//! (at least the visibility timeout; default 60 s) and with no delivery
+//! out is closed, so a process that used many topics does not keep a
+//! subscription and a task for each; the next `receive` opens it again.
+//!
 //! A consumer that calls `receive` one job at a time pays a round trip to
 //! the server per job; run several receives at once (as
 //! [`WorkQueue`](eventforge_core::work_queue) consumers do) for
@@ -234,6 +240,8 @@ pub struct JetStreamCounters {
     pub expired_unclaimed: u64,
     /// Times the connection was re-established.
     pub reconnects: u64,
+    /// Pull feeds open now: one per (topic, group) received from lately.
+    pub feeds: u64,
 }
 
 #[derive(Debug, Default)]
@@ -261,6 +269,7 @@ pub struct JetStreamBackendBuilder {
     max_backoff: Duration,
     name: Option<String>,
     deduplicate: bool,
+    feed_idle: Duration,
 }
 
 impl JetStreamBackendBuilder {
@@ -316,6 +325,15 @@ impl JetStreamBackendBuilder {
         self
     }
 
+    /// How long the pull feed of a (topic, group) is kept without a
+    /// `receive` and with no delivery out, before it is closed (its
+    /// subscription and task freed); at least the visibility timeout
+    /// (default 60 s). The next `receive` opens it again.
+    pub fn feed_idle_timeout(mut self, idle: Duration) -> Self {
+        self.feed_idle = idle;
+        self
+    }
+
     /// The connection name the server shows in its monitoring.
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -364,18 +382,20 @@ impl JetStreamBackendBuilder {
             .timeout(self.request_timeout)
             .build(client.clone());
         tracing::debug!(servers = ?self.servers, "jetstream work backend connected");
+        let shared = Arc::new(Shared {
+            client,
+            js,
+            topics: Mutex::new(HashMap::new()),
+            feeds: Mutex::new(HashMap::new()),
+            counters,
+            reconnections,
+            disconnections,
+            shutdown: CancellationToken::new(),
+            options: self,
+        });
+        tokio::spawn(close_idle_feeds(Arc::downgrade(&shared)));
         Ok(JetStreamBackend {
-            shared: Arc::new(Shared {
-                client,
-                js,
-                topics: Mutex::new(HashMap::new()),
-                feeds: Mutex::new(HashMap::new()),
-                counters,
-                reconnections,
-                disconnections,
-                shutdown: CancellationToken::new(),
-                options: self,
-            }),
+            shared,
             closed: AtomicBool::new(false),
         })
     }
@@ -486,6 +506,7 @@ impl JetStreamBackend {
             max_backoff: Duration::from_secs(2),
             name: None,
             deduplicate: true,
+            feed_idle: Duration::from_secs(60),
         }
     }
 
@@ -503,6 +524,7 @@ impl JetStreamBackend {
             undecodable: c.undecodable.load(Ordering::Relaxed),
             expired_unclaimed: c.expired_unclaimed.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
+            feeds: lock(&self.shared.feeds).len() as u64,
         }
     }
 
@@ -931,6 +953,8 @@ struct FeedState {
     // connection): the server says nothing of a pull to a consumer that
     // was deleted, so ask whether it still exists.
     suspect: bool,
+    // The last `receive` call: an idle feed is closed.
+    last_receive: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -1029,7 +1053,10 @@ impl Feed {
             ack_wait,
             batch: shared.options.batch_size,
             counters: Arc::clone(&shared.counters),
-            state: Mutex::new(FeedState::default()),
+            state: Mutex::new(FeedState {
+                last_receive: Some(Instant::now()),
+                ..FeedState::default()
+            }),
             arrived: Notify::new(),
             stop: shared.shutdown.child_token(),
             reader: Mutex::new(None),
@@ -1057,6 +1084,7 @@ impl Feed {
         if state.closing {
             return Ok(Next::Stopped);
         }
+        state.last_receive = Some(now);
         if let Some(reason) = &state.broken {
             return Err(Error::transport(TRANSPORT, reason.clone()));
         }
@@ -1367,6 +1395,21 @@ impl Feed {
         (not_handed + state.retried.len() + expired) as u64
     }
 
+    /// True when no receive used the feed for `after` (at least the
+    /// visibility timeout) and no delivery of it is out.
+    fn idle(&self, now: Instant, after: Duration) -> bool {
+        let after = after.max(self.ack_wait);
+        let state = self.state();
+        state.waiting == 0
+            && state
+                .last_receive
+                .is_none_or(|at| now.duration_since(at) >= after)
+            && state
+                .handed
+                .values()
+                .all(|h| now.duration_since(h.at) >= self.ack_wait)
+    }
+
     /// Stops pulling, reads what the server already sent, and gives back
     /// at once every job not handed out.
     async fn stop(&self) {
@@ -1412,6 +1455,59 @@ fn forget_oldest(state: &mut FeedState, now: Instant, ack_wait: Duration) {
         state
             .handed
             .retain(|_, h| now.duration_since(h.at) < ack_wait || h.at >= cut);
+    }
+}
+
+/// Closes the feeds no receive used for a while (see
+/// [`JetStreamBackendBuilder::feed_idle_timeout`]), with the topics left
+/// without a feed, until the backend is closed or dropped.
+async fn close_idle_feeds(shared: std::sync::Weak<Shared>) {
+    let (shutdown, every) = match shared.upgrade() {
+        Some(shared) => (
+            shared.shutdown.clone(),
+            (shared.options.feed_idle / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(15)),
+        ),
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let idle: Vec<Arc<Feed>> = {
+            let mut feeds = lock(&shared.feeds);
+            let keys: Vec<(String, String)> = feeds
+                .iter()
+                .filter(|(_, cell)| {
+                    cell.get()
+                        .is_some_and(|feed| feed.idle(now, shared.options.feed_idle))
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            let idle = keys
+                .iter()
+                .filter_map(|key| feeds.remove(key))
+                .filter_map(|cell| cell.get().cloned())
+                .collect();
+            let mut topics = lock(&shared.topics);
+            for (topic, _) in &keys {
+                if !feeds.keys().any(|(t, _)| t == topic) {
+                    topics.remove(topic);
+                }
+            }
+            idle
+        };
+        for feed in &idle {
+            tracing::debug!(topic = %feed.topic, group = %feed.group, "idle jetstream feed closed");
+        }
+        futures::future::join_all(idle.iter().map(|feed| feed.stop())).await;
     }
 }
 

@@ -1172,3 +1172,49 @@ async fn a_group_whose_consumer_was_deleted_is_made_again_by_its_receives() {
     assert!(found.is_ok(), "group a never received the later job");
     cleanup(backend, &[&topic]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_nobody_receives_from_are_closed() {
+    const TOPICS: usize = 5;
+    let backend = JetStreamBackend::builder()
+        .server(url())
+        .storage(JetStreamStorage::Memory)
+        .feed_idle_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let options = visible_for(Duration::from_secs(1));
+    let topics: Vec<String> = (0..TOPICS).map(|n| unique(&format!("idle-{n}"))).collect();
+    for topic in &topics {
+        nothing_for(
+            &backend,
+            &options,
+            topic,
+            "default",
+            Duration::from_millis(1),
+        )
+        .await;
+    }
+    assert_eq!(backend.counters().feeds, TOPICS as u64);
+
+    // Past the visibility timeout without a receive, every feed goes.
+    let closed = tokio::time::timeout(PATIENCE, async {
+        while backend.counters().feeds > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "{} feeds still open",
+        backend.counters().feeds
+    );
+
+    // A later receive opens the feed again and gets the job.
+    backend.enqueue(&options, job(&topics[0], 5)).await.unwrap();
+    let delivery = next(&backend, &options, &topics[0], "default").await;
+    assert_eq!(delivery.attempt, 1);
+    backend.ack(delivery.receipt).await.unwrap();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    cleanup(backend, &topics).await;
+}
