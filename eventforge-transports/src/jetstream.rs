@@ -30,8 +30,7 @@
 //!   [`WorkQueue`](eventforge_core::work_queue) dead-letters a job once
 //!   its attempt goes past what [`WorkOptions::max_retries`] allows, and a
 //!   server-side limit would instead leave such a job stranded in the
-//!   stream, unacked and never delivered again (prefetched jobs that
-//!   expire unclaimed also use up deliveries).
+//!   stream, unacked and never delivered again.
 //!
 //! With no declared groups, a job enqueued before any group exists is
 //! acknowledged by the server but not kept (nobody has interest in it).
@@ -53,8 +52,11 @@
 //! confirmed ack per consumer: the server applies a consumer's acks in
 //! order), so figures and `max_size` count every ack that returned. An
 //! ack lost with the connection before the server applied it makes the
-//! job come back after the visibility timeout, as at-least-once allows.
-//! [`JetStreamBackend::settle`] confirms on demand.
+//! job come back after the visibility timeout, as at-least-once allows;
+//! [`JetStreamBackend::settle`] (which confirms on demand) and
+//! [`close`](WorkBackend::close) then fail with [`Error::Transport`]
+//! when the connection was re-established since acks still unconfirmed
+//! were sent.
 //!
 //! JetStream accepts an ack of an expired delivery (and applies it to the
 //! newer one), so the backend tells expiry itself: an ack or retry of a
@@ -78,31 +80,51 @@
 //! delivered), `in_flight` = `num_ack_pending`. JetStream counts as ack
 //! pending some jobs the queue counts as waiting: jobs a NAK put back
 //! (delayed or not) until they are delivered again, deliveries that
-//! expired, and jobs a feed prefetched but no `receive` took. For what this
-//! process did (its prefetch, its retries, its expired deliveries) the
+//! expired, and jobs that arrived for a `receive` that had gone. For what
+//! this process did (such jobs, its retries, its expired deliveries) the
 //! backend moves them from `in_flight` to `pending`, after a round trip
 //! that makes sure every delivery the server sent before its figures has
 //! arrived; so the figures are exact when the queue is quiet and one
-//! process uses it. Another process's prefetched and retried jobs show as
-//! in flight.
+//! process uses it. Another process's such jobs and retries show as in
+//! flight. The corrections for expired deliveries and retries are kept
+//! until a feed tracks 4096 of them (then the oldest half is forgotten),
+//! however long ago they happened.
 //!
-//! # Prefetch
+//! # Pulls
 //!
 //! Each (topic, group) pair used by `receive` in a process has one pull
-//! feed: one pull request at a time asks the server for up to
-//! [`batch_size`] jobs, and what arrives stays in the feed until a
-//! `receive` takes it, so `receive` is cancel-safe (a job taken from the
-//! server but not handed out stays for the next call) and consumers do not
-//! pay a round trip per job. The feed asks for about as many jobs as
-//! `receive` took in the last quarter of the visibility timeout, so a slow
-//! consumer holds few. Only a waiting `receive` keeps a pull request open
-//! for long (up to its timeout, 5 s at a time); the refill made after a job
-//! is taken ends after 100 ms if no job comes, so a consumer that stops
-//! receiving does not attract jobs, or redeliveries meant for another
-//! consumer, that it will not take. A prefetched job nobody takes within
-//! the visibility timeout is dropped locally and redelivered by the server
-//! (attempt + 1), and [`close`](WorkBackend::close) gives prefetched jobs
-//! back at once (also attempt + 1, as JetStream counts every delivery).
+//! feed. JetStream counts every delivery as an attempt, even of a job
+//! given back unrun, so the feed pulls only for receives that are
+//! waiting: a pull request asks for as many jobs as receives wait that
+//! no outstanding request covers (up to [`batch_size`]; concurrent
+//! receives share requests), lives as long as the receive that made it
+//! waits (at most 1 s, then a new one), and nothing is read ahead. A job
+//! that arrives after its receive was dropped or timed out stays in the
+//! feed for the next `receive` (so `receive` is cancel-safe), which hands
+//! it out with a progress ack that restarts the server's visibility timer;
+//! if nobody takes it within the visibility timeout it is dropped locally
+//! and redelivered by the server (attempt + 1).
+//! [`close`](WorkBackend::close) stops pulling, reads what the server
+//! had already sent, and gives every job not handed out back at once.
+//!
+//! A pull request that ends without a word from the server (the server
+//! says nothing of a pull to a consumer that was deleted) or with the
+//! connection makes the next pull first check that the group's consumer
+//! still exists; if an operator deleted it, that `receive` fails with
+//! [`Error::Transport`] and the next one makes the consumer again. A
+//! stream deleted by another process is made again by the next `receive`
+//! or `create_group`, as by `enqueue`.
+//!
+//! A feed that no `receive` used for
+//! [`feed_idle_timeout`](JetStreamBackendBuilder::feed_idle_timeout)
+//! (at least the visibility timeout; default 60 s) and with no delivery
+//! out is closed, so a process that used many topics does not keep a
+//! subscription and a task for each; the next `receive` opens it again.
+//!
+//! A consumer that calls `receive` one job at a time pays a round trip to
+//! the server per job; run several receives at once (as
+//! [`WorkQueue`](eventforge_core::work_queue) consumers do) for
+//! throughput.
 //!
 //! [`batch_size`]: JetStreamBackendBuilder::batch_size
 
@@ -143,13 +165,15 @@ const MIN_PULL: Duration = Duration::from_millis(50);
 /// Longest life of a pull request made by a waiting `receive` (a longer
 /// wait makes a new one), so a receive dropped while it waits stops
 /// attracting jobs soon after.
-const MAX_PULL: Duration = Duration::from_secs(5);
+const MAX_PULL: Duration = Duration::from_secs(1);
 
-/// Life of a refill, the pull request made after a job was taken: jobs
-/// already waiting fill it at once, and if there are none it ends soon, so
-/// a consumer that stops calling `receive` does not attract jobs (or
-/// redeliveries) it will not take. The next `receive` pulls again.
-const REFILL_PULL: Duration = Duration::from_millis(100);
+/// A job that waited in the feed longer than this before a `receive`
+/// took it is handed out with a progress ack, which restarts the server's
+/// visibility timer: the consumer then has the full timeout.
+const PROGRESS_AFTER: Duration = Duration::from_millis(20);
+
+/// Longest wait for the deliveries already on their way when a feed stops.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// Longest stream name this backend makes: the server stores a file
 /// stream in a directory of that name.
@@ -210,11 +234,14 @@ pub struct JetStreamCounters {
     /// Stream entries that were not an eventforge Message: terminated (the
     /// group never sees them again) and skipped.
     pub undecodable: u64,
-    /// Prefetched deliveries dropped because they waited longer than the
-    /// visibility timeout; the server hands them out again.
+    /// Deliveries that arrived for a receive that had gone and waited here
+    /// longer than the visibility timeout: dropped, and the server hands
+    /// them out again.
     pub expired_unclaimed: u64,
     /// Times the connection was re-established.
     pub reconnects: u64,
+    /// Pull feeds open now: one per (topic, group) received from lately.
+    pub feeds: u64,
 }
 
 #[derive(Debug, Default)]
@@ -242,6 +269,7 @@ pub struct JetStreamBackendBuilder {
     max_backoff: Duration,
     name: Option<String>,
     deduplicate: bool,
+    feed_idle: Duration,
 }
 
 impl JetStreamBackendBuilder {
@@ -274,8 +302,8 @@ impl JetStreamBackendBuilder {
         self
     }
 
-    /// Most jobs one (topic, group) feed asks the server for at once and
-    /// holds for its `receive` calls (default 64, at least 1).
+    /// Most jobs one pull request asks the server for, for that many
+    /// waiting `receive` calls of a (topic, group) (default 64, at least 1).
     pub fn batch_size(mut self, jobs: usize) -> Self {
         self.batch_size = jobs.max(1);
         self
@@ -294,6 +322,15 @@ impl JetStreamBackendBuilder {
     pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.initial_backoff = initial.max(Duration::from_millis(1));
         self.max_backoff = max.max(self.initial_backoff);
+        self
+    }
+
+    /// How long the pull feed of a (topic, group) is kept without a
+    /// `receive` and with no delivery out, before it is closed (its
+    /// subscription and task freed); at least the visibility timeout
+    /// (default 60 s). The next `receive` opens it again.
+    pub fn feed_idle_timeout(mut self, idle: Duration) -> Self {
+        self.feed_idle = idle;
         self
     }
 
@@ -345,18 +382,20 @@ impl JetStreamBackendBuilder {
             .timeout(self.request_timeout)
             .build(client.clone());
         tracing::debug!(servers = ?self.servers, "jetstream work backend connected");
+        let shared = Arc::new(Shared {
+            client,
+            js,
+            topics: Mutex::new(HashMap::new()),
+            feeds: Mutex::new(HashMap::new()),
+            counters,
+            reconnections,
+            disconnections,
+            shutdown: CancellationToken::new(),
+            options: self,
+        });
+        tokio::spawn(close_idle_feeds(Arc::downgrade(&shared)));
         Ok(JetStreamBackend {
-            shared: Arc::new(Shared {
-                client,
-                js,
-                topics: Mutex::new(HashMap::new()),
-                feeds: Mutex::new(HashMap::new()),
-                counters,
-                reconnections,
-                disconnections,
-                shutdown: CancellationToken::new(),
-                options: self,
-            }),
+            shared,
             closed: AtomicBool::new(false),
         })
     }
@@ -467,6 +506,7 @@ impl JetStreamBackend {
             max_backoff: Duration::from_secs(2),
             name: None,
             deduplicate: true,
+            feed_idle: Duration::from_secs(60),
         }
     }
 
@@ -484,6 +524,7 @@ impl JetStreamBackend {
             undecodable: c.undecodable.load(Ordering::Relaxed),
             expired_unclaimed: c.expired_unclaimed.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
+            feeds: lock(&self.shared.feeds).len() as u64,
         }
     }
 
@@ -495,9 +536,14 @@ impl JetStreamBackend {
     /// confirm this process's acks before they answer, so their figures
     /// and refusals already count them. Call this before reading the
     /// server's state by other means.
+    ///
+    /// Fails with [`Error::Transport`] when the connection was lost and
+    /// re-established since some of those acks were sent: the server may
+    /// not have had them, and their jobs then come back after the
+    /// visibility timeout.
     pub async fn settle(&self) -> Result<()> {
         self.check_connected()?;
-        self.shared.confirm_acks(None).await.map(|_| ())
+        self.shared.confirm_acks(None).await?.check()
     }
 
     /// Counts the times the connection was re-established; wait on it
@@ -602,10 +648,43 @@ impl Shared {
         });
         // Before any job: a stream without consumers keeps nothing.
         for group in &options.groups {
-            self.consumer(options, &topic_state, group, true).await?;
+            self.consumer(options, &topic_state, group, true)
+                .await
+                .map_err(ConsumerFailure::into_error)?;
         }
         tracing::debug!(topic, stream = %topic_state.stream, "work queue stream ready");
         Ok(topic_state)
+    }
+
+    /// The stream of `topic` and the durable consumer of `group`, created
+    /// if needed; a stream deleted by another process is made again, once.
+    async fn topic_consumer(
+        &self,
+        options: &WorkOptions,
+        topic: &str,
+        group: &str,
+        from_start: bool,
+    ) -> Result<(Arc<Topic>, PullConsumer)> {
+        let topic_state = self.topic(options, topic).await?;
+        match self
+            .consumer(options, &topic_state, group, from_start)
+            .await
+        {
+            Ok(consumer) => Ok((topic_state, consumer)),
+            Err(ConsumerFailure::NoStream(_)) => {
+                tracing::warn!(topic, "work queue stream is gone; creating it again");
+                // Only the stream's entry: feeds of its other groups find
+                // out by themselves, and this call may be making a feed.
+                lock(&self.topics).remove(topic);
+                let topic_state = self.topic(options, topic).await?;
+                let consumer = self
+                    .consumer(options, &topic_state, group, from_start)
+                    .await
+                    .map_err(ConsumerFailure::into_error)?;
+                Ok((topic_state, consumer))
+            }
+            Err(ConsumerFailure::Other(error)) => Err(error),
+        }
     }
 
     /// The durable consumer of `group`, created if needed.
@@ -615,7 +694,7 @@ impl Shared {
         topic: &Topic,
         group: &str,
         from_start: bool,
-    ) -> Result<PullConsumer> {
+    ) -> std::result::Result<PullConsumer, ConsumerFailure> {
         if let Some(known) = lock(&topic.consumers).get(group) {
             return Ok(known.clone());
         }
@@ -651,10 +730,10 @@ impl Shared {
                         .js
                         .get_consumer_from_stream::<pull::Config, _, _>(&name, &topic.stream)
                         .await
-                        .map_err(|e| Error::transport(TRANSPORT, e))?,
+                        .map_err(ConsumerFailure::from)?,
                 }
             }
-            Err(error) => return Err(Error::transport(TRANSPORT, error)),
+            Err(error) => return Err(ConsumerFailure::from(error)),
         };
         lock(&topic.consumers).insert(group.to_owned(), consumer.clone());
         Ok(consumer)
@@ -669,10 +748,9 @@ impl Shared {
                 .or_insert_with(|| Arc::new(OnceCell::new())),
         );
         cell.get_or_try_init(|| async {
-            let topic_state = self.topic(options, topic).await?;
             let from_start = options.groups.iter().any(|g| g == group);
-            let consumer = self
-                .consumer(options, &topic_state, group, from_start)
+            let (_, consumer) = self
+                .topic_consumer(options, topic, group, from_start)
                 .await?;
             Feed::start(self, topic, group, consumer).await
         })
@@ -680,19 +758,22 @@ impl Shared {
         .cloned()
     }
 
-    /// Confirms the acks of every feed (of `topic` only, if given); true
-    /// when some were waiting for confirmation.
-    async fn confirm_acks(&self, topic: Option<&str>) -> Result<bool> {
+    /// Confirms the acks of every feed (of `topic` only, if given).
+    async fn confirm_acks(&self, topic: Option<&str>) -> Result<Confirmed> {
         let feeds: Vec<Arc<Feed>> = lock(&self.feeds)
             .iter()
             .filter(|((t, _), _)| topic.is_none_or(|topic| topic == t))
             .filter_map(|(_, cell)| cell.get().cloned())
             .filter(|feed| feed.state().unconfirmed.is_some())
             .collect();
+        let mut confirmed = Confirmed {
+            some: !feeds.is_empty(),
+            maybe_lost: false,
+        };
         for feed in &feeds {
-            feed.confirm().await?;
+            confirmed.maybe_lost |= feed.confirm().await?;
         }
-        Ok(!feeds.is_empty())
+        Ok(confirmed)
     }
 
     fn existing_feed(&self, topic: &str, group: &str) -> Option<Arc<Feed>> {
@@ -710,9 +791,61 @@ impl Shared {
             keys.iter().filter_map(|k| feeds.remove(k)).collect()
         };
         for cell in gone {
-            if let Some(feed) = cell.get() {
-                feed.stop.cancel();
+            if let Some(feed) = cell.get().cloned() {
+                // Gives back what it holds; its receives start a new feed.
+                tokio::spawn(async move { feed.stop().await });
             }
+        }
+    }
+}
+
+/// What confirming acks found.
+struct Confirmed {
+    // Some acks were waiting for confirmation.
+    some: bool,
+    // Some were sent before a reconnection: the server may never have had
+    // them.
+    maybe_lost: bool,
+}
+
+impl Confirmed {
+    fn check(&self) -> Result<()> {
+        if self.maybe_lost {
+            return Err(Error::transport(
+                TRANSPORT,
+                "the connection to the NATS server was lost after some acks were sent; \
+                 those the server did not get make their jobs come back after the \
+                 visibility timeout",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a consumer could not be had.
+enum ConsumerFailure {
+    // Its stream does not exist (deleted by another process).
+    NoStream(Error),
+    Other(Error),
+}
+
+impl ConsumerFailure {
+    fn into_error(self) -> Error {
+        match self {
+            ConsumerFailure::NoStream(error) | ConsumerFailure::Other(error) => error,
+        }
+    }
+}
+
+impl From<jetstream::stream::ConsumerError> for ConsumerFailure {
+    fn from(error: jetstream::stream::ConsumerError) -> Self {
+        let no_stream = matches!(error.kind(), jetstream::stream::ConsumerErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
+        let error = Error::transport(TRANSPORT, error);
+        if no_stream {
+            ConsumerFailure::NoStream(error)
+        } else {
+            ConsumerFailure::Other(error)
         }
     }
 }
@@ -747,11 +880,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The jobs of one (topic, group) that this process pulls from the server.
 ///
-/// One pull request is outstanding at a time, each on its own reply subject
-/// (`<inbox>.<n>`) so that what arrives, including the server's "request
-/// expired" status, is attributed to the right request. A reader task puts
-/// arriving jobs in `state.ready`; `receive` takes them from there, so a
-/// receive dropped while waiting loses nothing.
+/// Pull requests, for the waiting receives, are each on their own reply
+/// subject (`<inbox>.<n>`) so that the server's "request expired" status
+/// is attributed to the right request. A reader task puts arriving jobs
+/// in `state.ready`; `receive` takes them from there, so a receive dropped
+/// while waiting loses nothing.
 #[derive(Debug)]
 struct Feed {
     // For logs, and to forget the feed with its topic.
@@ -770,7 +903,7 @@ struct Feed {
     // The consumer's ack wait as the server holds it: when a delivery
     // has certainly expired.
     ack_wait: Duration,
-    // Most jobs to hold at once.
+    // Most jobs one pull request asks for.
     batch: usize,
     counters: Arc<Counters>,
     // Everything receive, the reader and stats share; never held across
@@ -788,8 +921,13 @@ struct Feed {
 struct FeedState {
     // Jobs arrived and not handed out, oldest first.
     ready: VecDeque<Arrival>,
-    // The outstanding pull request, if any.
-    request: Option<PullRequest>,
+    // Outstanding pull requests, oldest first (the server serves them in
+    // that order).
+    requests: VecDeque<PullRequest>,
+    // Receives waiting for a job: the pull requests ask for this many.
+    waiting: usize,
+    // The feed is stopping: no more pull requests.
+    closing: bool,
     // Id of the next pull request (its reply subject's last token).
     next_request: u64,
     // Deliveries handed out and not settled, by stream sequence: for stats
@@ -803,21 +941,20 @@ struct FeedState {
     // server, until a confirmed ack on it proves the server applied it
     // (and, in order, every earlier one of this consumer).
     unconfirmed: Option<async_nats::Subject>,
+    // The connection (reconnection count) the oldest unconfirmed ack was
+    // sent on: after a reconnection, the server may not have had it.
+    unconfirmed_since: u64,
     // Round trips through the server waiting to complete.
     syncs: HashMap<u64, oneshot::Sender<()>>,
     next_sync: u64,
     // The consumer or its stream is gone: the feed must be re-made.
     broken: Option<String>,
-    // Recent takes, which size the prefetch.
-    pace: Pace,
-}
-
-/// Jobs taken by `receive` in the current and the previous window.
-#[derive(Debug, Default)]
-struct Pace {
-    since: Option<Instant>,
-    taken_now: usize,
-    taken_before: usize,
+    // A pull request ended without a word from the server (or with the
+    // connection): the server says nothing of a pull to a consumer that
+    // was deleted, so ask whether it still exists.
+    suspect: bool,
+    // The last `receive` call: an idle feed is closed.
+    last_receive: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -868,8 +1005,28 @@ struct Token {
 enum Next {
     Take(Box<Arrival>),
     Pull(PullRequest),
-    // Until a job or a status arrives, or the pull request expires.
+    // Until a job or a status arrives, or a pull request expires.
     Wait(Instant),
+    // Whether the consumer still exists, before pulling again.
+    Check,
+    // The feed stopped (its topic was forgotten, or the backend closed).
+    Stopped,
+}
+
+/// A `receive` counted among a feed's waiting receives; uncounted when
+/// it takes a job or goes away (returns or is dropped).
+struct WaitingReceive {
+    feed: Arc<Feed>,
+    counted: bool,
+}
+
+impl Drop for WaitingReceive {
+    fn drop(&mut self) {
+        if self.counted {
+            let mut state = self.feed.state();
+            state.waiting = state.waiting.saturating_sub(1);
+        }
+    }
 }
 
 impl Feed {
@@ -896,7 +1053,10 @@ impl Feed {
             ack_wait,
             batch: shared.options.batch_size,
             counters: Arc::clone(&shared.counters),
-            state: Mutex::new(FeedState::default()),
+            state: Mutex::new(FeedState {
+                last_receive: Some(Instant::now()),
+                ..FeedState::default()
+            }),
             arrived: Notify::new(),
             stop: shared.shutdown.child_token(),
             reader: Mutex::new(None),
@@ -914,33 +1074,24 @@ impl Feed {
         self.counters.reconnects.load(Ordering::Acquire)
     }
 
-    /// Takes a ready job, or decides to ask the server for more.
-    fn next(&self, time_left: Duration) -> Result<Next> {
+    /// Takes a ready job, or decides to ask the server for more: one pull
+    /// request for the waiting receives no outstanding request covers
+    /// (`counted` says whether this receive is among them already).
+    fn next(&self, time_left: Duration, counted: &mut bool) -> Result<Next> {
         let now = Instant::now();
         let epoch = self.epoch();
         let mut state = self.state();
+        if state.closing {
+            return Ok(Next::Stopped);
+        }
+        state.last_receive = Some(now);
         if let Some(reason) = &state.broken {
             return Err(Error::transport(TRANSPORT, reason.clone()));
         }
         if state.handed.len() + state.retried.len() > FORGET_ABOVE {
-            self.forget_old(&mut state, now);
+            forget_oldest(&mut state, now, self.ack_wait);
         }
         while let Some(arrival) = state.ready.pop_front() {
-            if now.duration_since(arrival.at) >= self.ack_wait {
-                // The server has expired it and hands it out again; until
-                // then it counts as an expired delivery.
-                self.counters
-                    .expired_unclaimed
-                    .fetch_add(1, Ordering::Relaxed);
-                state.handed.insert(
-                    arrival.stream_sequence,
-                    Handed {
-                        delivered: arrival.delivered,
-                        at: arrival.at,
-                    },
-                );
-                continue;
-            }
             state.handed.insert(
                 arrival.stream_sequence,
                 Handed {
@@ -948,78 +1099,74 @@ impl Feed {
                     at: arrival.at,
                 },
             );
-            self.pace(&mut state, now).taken_now += 1;
+            if now.duration_since(arrival.at) >= self.ack_wait {
+                // The server has expired it and hands it out again; until
+                // then it counts as an expired delivery.
+                self.counters
+                    .expired_unclaimed
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if std::mem::take(counted) {
+                state.waiting = state.waiting.saturating_sub(1);
+            }
             return Ok(Next::Take(Box::new(arrival)));
         }
-        let live = state
-            .request
-            .is_some_and(|r| r.epoch == epoch && now < r.expires_at);
-        if let Some(request) = state.request.filter(|_| live) {
-            return Ok(Next::Wait(request.expires_at));
+        // A request made before a reconnection is presumed gone with the
+        // old connection; an expired one is over even if its status never
+        // came.
+        let before = state.requests.len();
+        state
+            .requests
+            .retain(|r| r.epoch == epoch && now < r.expires_at);
+        state.suspect |= state.requests.len() < before;
+        if !*counted {
+            *counted = true;
+            state.waiting += 1;
         }
-        let request = PullRequest {
-            id: state.next_request,
-            remaining: self.prefetch(&mut state, now),
-            expires_at: now + time_left.clamp(MIN_PULL, MAX_PULL),
-            epoch,
-        };
-        state.next_request += 1;
-        state.request = Some(request);
-        Ok(Next::Pull(request))
+        let asked: usize = state.requests.iter().map(|r| r.remaining).sum();
+        let uncovered = state.waiting.saturating_sub(asked);
+        if uncovered > 0 && std::mem::take(&mut state.suspect) {
+            return Ok(Next::Check);
+        }
+        if uncovered > 0 {
+            let request = PullRequest {
+                id: state.next_request,
+                remaining: uncovered.min(self.batch),
+                expires_at: now + time_left.clamp(MIN_PULL, MAX_PULL),
+                epoch,
+            };
+            state.next_request += 1;
+            state.requests.push_back(request);
+            return Ok(Next::Pull(request));
+        }
+        let first_expiry = state
+            .requests
+            .iter()
+            .map(|r| r.expires_at)
+            .min()
+            .unwrap_or(now + MIN_PULL);
+        Ok(Next::Wait(first_expiry))
     }
 
-    /// The window over which takes are counted, rolled forward to `now`.
-    fn pace<'s>(&self, state: &'s mut FeedState, now: Instant) -> &'s mut Pace {
-        let window = (self.ack_wait / 4).max(Duration::from_millis(10));
-        let pace = &mut state.pace;
-        let elapsed = pace.since.map(|since| now.duration_since(since));
-        match elapsed {
-            Some(elapsed) if elapsed < window => {}
-            Some(elapsed) if elapsed < window * 2 => {
-                pace.taken_before = pace.taken_now;
-                pace.taken_now = 0;
-                pace.since = Some(now);
+    /// Marks the feed broken when its consumer no longer exists.
+    async fn check_consumer(&self) {
+        let info = self.consumer.cached_info();
+        let subject = format!("CONSUMER.INFO.{}.{}", info.stream_name, info.name);
+        let response: std::result::Result<Response<jetstream::consumer::Info>, _> =
+            self.js.request(subject, &serde_json::json!({})).await;
+        match response {
+            Ok(Response::Err { error }) if error.code() == 404 => {
+                self.state().broken = Some(format!(
+                    "the jetstream consumer {} of {} is gone: {error}",
+                    self.group, self.topic
+                ));
             }
-            _ => {
-                *pace = Pace {
-                    since: Some(now),
-                    ..Pace::default()
-                };
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(topic = %self.topic, group = %self.group, %error, "jetstream consumer check failed");
             }
         }
-        pace
-    }
-
-    /// How many jobs to hold: as many as `receive` took in the last quarter
-    /// of the visibility timeout (at least one, at most the batch size), so
-    /// a prefetched job waits about that long at the current pace rather
-    /// than expiring unhandled (which would cost it an attempt).
-    fn prefetch(&self, state: &mut FeedState, now: Instant) -> usize {
-        let pace = self.pace(state, now);
-        pace.taken_now.max(pace.taken_before).clamp(1, self.batch)
-    }
-
-    /// After a job was taken: keeps a request going while the group is busy.
-    fn refill(&self) -> Option<PullRequest> {
-        let now = Instant::now();
-        let epoch = self.epoch();
-        let mut state = self.state();
-        let live = state
-            .request
-            .is_some_and(|r| r.epoch == epoch && now < r.expires_at);
-        let prefetch = self.prefetch(&mut state, now);
-        if live || state.ready.len() * 2 > prefetch || state.broken.is_some() {
-            return None;
-        }
-        let request = PullRequest {
-            id: state.next_request,
-            remaining: prefetch - state.ready.len(),
-            expires_at: now + REFILL_PULL,
-            epoch,
-        };
-        state.next_request += 1;
-        state.request = Some(request);
-        Some(request)
     }
 
     async fn pull(&self, request: PullRequest) -> Result<()> {
@@ -1036,10 +1183,7 @@ impl Feed {
             )
             .await;
         if let Err(error) = sent {
-            let mut state = self.state();
-            if state.request.is_some_and(|r| r.id == request.id) {
-                state.request = None;
-            }
+            self.state().requests.retain(|r| r.id != request.id);
             return Err(Error::transport(TRANSPORT, error));
         }
         Ok(())
@@ -1091,15 +1235,12 @@ impl Feed {
             }
         };
         let mut state = self.state();
-        let mut ended = false;
-        // Jobs carry no request id: they count against the current request
-        // (one at a time, so a late job of an older one is rare and costs at
-        // most one batch of over-fetch).
-        if let Some(request) = state.request.as_mut() {
+        // Jobs carry no request id: they count against the oldest request,
+        // the one the server serves first.
+        if let Some(request) = state.requests.front_mut() {
             request.remaining = request.remaining.saturating_sub(1);
             if request.remaining == 0 {
-                state.request = None;
-                ended = true;
+                state.requests.pop_front();
             }
         }
         // Back from a retry or an expiry: pending again, not in flight.
@@ -1113,10 +1254,6 @@ impl Feed {
             at: Instant::now(),
         });
         drop(state);
-        if ended {
-            // Besides taking this job, some waiting receive must pull again.
-            self.arrived.notify_waiters();
-        }
         self.arrived.notify_one();
     }
 
@@ -1131,9 +1268,7 @@ impl Feed {
             return;
         }
         let mut state = self.state();
-        if state.request.is_some_and(|r| r.id == request_id) {
-            state.request = None;
-        }
+        state.requests.retain(|r| r.id != request_id);
         if status != StatusCode::TIMEOUT && status != StatusCode::NOT_FOUND {
             let description = message
                 .description
@@ -1164,17 +1299,23 @@ impl Feed {
             .publish(reply.clone(), Bytes::from(kind))
             .await
             .map_err(|e| Error::transport(TRANSPORT, e))?;
-        self.state().unconfirmed = Some(reply);
+        let epoch = self.epoch();
+        let mut state = self.state();
+        if state.unconfirmed.is_none() {
+            state.unconfirmed_since = epoch;
+        }
+        state.unconfirmed = Some(reply);
         Ok(())
     }
 
     /// Waits until the server has applied every ack and term this feed
     /// sent: the server handles one consumer's acks in order, so a
     /// confirmed ack sent after them (on the last one's subject; acking a
-    /// settled delivery again changes nothing) proves it.
-    async fn confirm(&self) -> Result<()> {
+    /// settled delivery again changes nothing) proves it. True when some
+    /// were sent before a reconnection (the server may not have had them).
+    async fn confirm(&self) -> Result<bool> {
         let Some(reply) = self.state().unconfirmed.clone() else {
-            return Ok(());
+            return Ok(false);
         };
         match self
             .client
@@ -1186,11 +1327,18 @@ impl Feed {
             Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
             Err(error) => return Err(Error::transport(TRANSPORT, error)),
         }
+        let epoch = self.epoch();
         let mut state = self.state();
+        let maybe_lost = state.unconfirmed_since != epoch;
         if state.unconfirmed.as_ref() == Some(&reply) {
             state.unconfirmed = None;
         }
-        Ok(())
+        state.unconfirmed_since = epoch;
+        if maybe_lost {
+            tracing::warn!(topic = %self.topic, group = %self.group,
+                "jetstream acks sent before a reconnection may be lost; their jobs come back after the visibility timeout");
+        }
+        Ok(maybe_lost)
     }
 
     /// A round trip through the server on this feed's inbox: once it is
@@ -1228,41 +1376,46 @@ impl Feed {
 
     /// Jobs the server counted as ack pending, when it had delivered up to
     /// consumer sequence `delivered_up_to`, that the queue counts as
-    /// pending: prefetched and not handed out (delivered by then, or a
+    /// pending: arrived and not handed out (delivered by then, or a
     /// redelivery, which was ack pending before), retried and not yet
     /// back, handed out and expired.
     fn not_in_flight(&self, delivered_up_to: u64) -> u64 {
         let now = Instant::now();
-        let mut state = self.state();
-        self.forget_old(&mut state, now);
+        let state = self.state();
         let expired = state
             .handed
             .values()
             .filter(|h| now.duration_since(h.at) >= self.ack_wait)
             .count();
-        let prefetched = state
+        let not_handed = state
             .ready
             .iter()
             .filter(|a| a.consumer_sequence <= delivered_up_to || a.delivered > 1)
             .count();
-        (prefetched + state.retried.len() + expired) as u64
+        (not_handed + state.retried.len() + expired) as u64
     }
 
-    /// Forgets expired deliveries and retries this process will likely
-    /// never see again (another process received them), so the maps stay
-    /// bounded and the figures stop correcting for them.
-    fn forget_old(&self, state: &mut FeedState, now: Instant) {
-        let horizon = self.ack_wait.saturating_mul(4).max(Duration::from_secs(10));
-        state
-            .handed
-            .retain(|_, h| now.duration_since(h.at) < self.ack_wait + horizon);
-        state
-            .retried
-            .retain(|_, due| now.saturating_duration_since(*due) < horizon);
+    /// True when no receive used the feed for `after` (at least the
+    /// visibility timeout) and no delivery of it is out.
+    fn idle(&self, now: Instant, after: Duration) -> bool {
+        let after = after.max(self.ack_wait);
+        let state = self.state();
+        state.waiting == 0
+            && state
+                .last_receive
+                .is_none_or(|at| now.duration_since(at) >= after)
+            && state
+                .handed
+                .values()
+                .all(|h| now.duration_since(h.at) >= self.ack_wait)
     }
 
-    /// Stops the reader and gives prefetched jobs back at once.
+    /// Stops pulling, reads what the server already sent, and gives back
+    /// at once every job not handed out.
     async fn stop(&self) {
+        self.state().closing = true;
+        // Waiting receives see the feed stopped.
+        self.arrived.notify_waiters();
         self.stop.cancel();
         let reader = lock(&self.reader).take();
         if let Some(reader) = reader {
@@ -1271,9 +1424,90 @@ impl Feed {
         let ready: Vec<Arrival> = self.state().ready.drain(..).collect();
         for arrival in ready {
             if let Err(error) = arrival.message.ack_with(AckKind::Nak(None)).await {
-                tracing::debug!(%error, "jetstream nak of a prefetched job failed");
+                tracing::debug!(%error, "jetstream nak of a job not handed out failed");
             }
         }
+    }
+}
+
+/// Keeps the maps of expired deliveries and retries bounded: when they
+/// hold more than [`FORGET_ABOVE`] entries, forgets the oldest half
+/// (likely received by another process, never seen here again). Bounded
+/// by size rather than age, so the figures of a quiet queue stay exact.
+fn forget_oldest(state: &mut FeedState, now: Instant, ack_wait: Duration) {
+    let keep = FORGET_ABOVE / 2;
+    if state.retried.len() > keep {
+        let mut due: Vec<Instant> = state.retried.values().copied().collect();
+        due.sort_unstable();
+        let cut = due[due.len() - keep];
+        state.retried.retain(|_, d| *d >= cut);
+    }
+    let expired: Vec<Instant> = state
+        .handed
+        .values()
+        .filter(|h| now.duration_since(h.at) >= ack_wait)
+        .map(|h| h.at)
+        .collect();
+    if expired.len() > keep {
+        let mut at = expired;
+        at.sort_unstable();
+        let cut = at[at.len() - keep];
+        state
+            .handed
+            .retain(|_, h| now.duration_since(h.at) < ack_wait || h.at >= cut);
+    }
+}
+
+/// Closes the feeds no receive used for a while (see
+/// [`JetStreamBackendBuilder::feed_idle_timeout`]), with the topics left
+/// without a feed, until the backend is closed or dropped.
+async fn close_idle_feeds(shared: std::sync::Weak<Shared>) {
+    let (shutdown, every) = match shared.upgrade() {
+        Some(shared) => (
+            shared.shutdown.clone(),
+            (shared.options.feed_idle / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(15)),
+        ),
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let idle: Vec<Arc<Feed>> = {
+            let mut feeds = lock(&shared.feeds);
+            let keys: Vec<(String, String)> = feeds
+                .iter()
+                .filter(|(_, cell)| {
+                    cell.get()
+                        .is_some_and(|feed| feed.idle(now, shared.options.feed_idle))
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            let idle = keys
+                .iter()
+                .filter_map(|key| feeds.remove(key))
+                .filter_map(|cell| cell.get().cloned())
+                .collect();
+            let mut topics = lock(&shared.topics);
+            for (topic, _) in &keys {
+                if !feeds.keys().any(|(t, _)| t == topic) {
+                    topics.remove(topic);
+                }
+            }
+            idle
+        };
+        for feed in &idle {
+            tracing::debug!(topic = %feed.topic, group = %feed.group, "idle jetstream feed closed");
+        }
+        futures::future::join_all(idle.iter().map(|feed| feed.stop())).await;
     }
 }
 
@@ -1286,11 +1520,24 @@ async fn read_loop(feed: Arc<Feed>, mut subscriber: async_nats::Subscriber) {
             _ = &mut stopped => break,
             message = subscriber.next() => match message {
                 Some(message) => feed.arrived(message),
-                None => break,
+                None => return,
             },
         }
     }
-    let _ = subscriber.unsubscribe().await;
+    // No pull request is made any more: unsubscribe, and read what the
+    // server sent before it saw that (the stream ends once it confirms),
+    // so `stop` gives those jobs back too.
+    if subscriber.drain().await.is_err() {
+        return;
+    }
+    let drained = async {
+        while let Some(message) = subscriber.next().await {
+            feed.arrived(message);
+        }
+    };
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
+        tracing::debug!(topic = %feed.topic, group = %feed.group, "jetstream feed drain timed out");
+    }
 }
 
 /// Sends an ack-kind reply and waits for the server to confirm it.
@@ -1432,9 +1679,8 @@ impl WorkBackend for JetStreamBackend {
     ) -> Result<()> {
         check_topic(topic)?;
         self.check_connected()?;
-        let topic_state = self.shared.topic(options, topic).await?;
         self.shared
-            .consumer(options, &topic_state, group, from_start)
+            .topic_consumer(options, topic, group, from_start)
             .await?;
         Ok(())
     }
@@ -1454,7 +1700,7 @@ impl WorkBackend for JetStreamBackend {
         if let PublishOutcome::Full = outcome {
             // Acks of this process the server has not applied yet may be
             // what fills the stream: once they are, the refusal is exact.
-            if self.shared.confirm_acks(Some(&job.topic)).await? {
+            if self.shared.confirm_acks(Some(&job.topic)).await?.some {
                 outcome = self.publish(&topic, &job).await?;
             }
         }
@@ -1483,13 +1729,17 @@ impl WorkBackend for JetStreamBackend {
         check_topic(topic)?;
         self.check_connected()?;
         let deadline = Instant::now() + timeout;
-        let feed = self.shared.feed(options, topic, group).await?;
+        let mut waiting = WaitingReceive {
+            feed: self.shared.feed(options, topic, group).await?,
+            counted: false,
+        };
         loop {
+            let feed = Arc::clone(&waiting.feed);
             let notified = feed.arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let time_left = deadline.saturating_duration_since(Instant::now());
-            let next = match feed.next(time_left) {
+            let next = match feed.next(time_left, &mut waiting.counted) {
                 Ok(next) => next,
                 Err(error) => {
                     // The consumer (maybe the stream) is gone: the next call
@@ -1518,14 +1768,7 @@ impl WorkBackend for JetStreamBackend {
                             continue;
                         }
                     };
-                    if let Some(request) = feed.refill() {
-                        // Not awaited here: the job is already out of the
-                        // feed, and a receive dropped now would lose it
-                        // until the visibility timeout. A failed refill is
-                        // made again by the next receive.
-                        let feed = Arc::clone(&feed);
-                        tokio::spawn(async move { feed.pull(request).await });
-                    }
+                    let at = feed.hand_out(&arrival).await;
                     self.shared
                         .counters
                         .delivered
@@ -1536,7 +1779,7 @@ impl WorkBackend for JetStreamBackend {
                         job_id: message.id.clone(),
                         stream_sequence: arrival.stream_sequence,
                         delivered: arrival.delivered,
-                        at: arrival.at,
+                        at,
                         message: arrival.message,
                     };
                     return Ok(Some(Delivery {
@@ -1548,8 +1791,9 @@ impl WorkBackend for JetStreamBackend {
                 Next::Pull(request) => {
                     feed.pull(request).await?;
                 }
+                Next::Check => feed.check_consumer().await,
                 Next::Wait(request_expires) => {
-                    // Past its expiry the request is over even if the
+                    // Past its expiry a request is over even if the
                     // server's status about it never came: look again.
                     let until = deadline.min(request_expires);
                     if tokio::time::timeout_at(until, notified).await.is_err()
@@ -1557,6 +1801,25 @@ impl WorkBackend for JetStreamBackend {
                     {
                         return Ok(None);
                     }
+                }
+                Next::Stopped => {
+                    // Its topic was forgotten while this receive waited:
+                    // go on with the topic's new feed.
+                    self.check_open()?;
+                    let fresh = match self.shared.feed(options, topic, group).await {
+                        Ok(fresh) => fresh,
+                        // Made while the stream was being deleted: once more.
+                        Err(error) => {
+                            tracing::debug!(topic, group, %error, "work queue feed made again");
+                            self.shared.forget_topic(topic);
+                            self.shared.feed(options, topic, group).await?
+                        }
+                    };
+                    // Uncounts this receive on the old feed.
+                    waiting = WaitingReceive {
+                        feed: fresh,
+                        counted: false,
+                    };
                 }
             }
         }
@@ -1630,7 +1893,11 @@ impl WorkBackend for JetStreamBackend {
         self.check_open()?;
         self.shared.forget_topic(topic);
         let stream = self.stream_name(topic);
-        match self.shared.js.delete_stream(&stream).await {
+        let deleted = self.shared.js.delete_stream(&stream).await;
+        // Again: a receive waiting meanwhile may have made a feed of the
+        // stream just deleted.
+        self.shared.forget_topic(topic);
+        match deleted {
             Ok(status) => Ok(status.success),
             Err(error) => {
                 if let jetstream::context::DeleteStreamErrorKind::JetStream(inner) = error.kind() {
@@ -1647,19 +1914,22 @@ impl WorkBackend for JetStreamBackend {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Err(error) = self.shared.confirm_acks(None).await {
-            tracing::warn!(%error, "jetstream acks not confirmed on close; their jobs may come back");
-        }
+        let confirmed = match self.shared.confirm_acks(None).await {
+            Ok(confirmed) => confirmed.check(),
+            Err(error) => {
+                tracing::warn!(%error, "jetstream acks not confirmed on close; their jobs may come back");
+                Ok(())
+            }
+        };
         let feeds: Vec<Arc<Feed>> = lock(&self.shared.feeds)
             .drain()
             .filter_map(|(_, cell)| cell.get().cloned())
             .collect();
-        for feed in feeds {
-            feed.stop().await;
-        }
+        // Together: each may wait up to the drain time for the server.
+        futures::future::join_all(feeds.iter().map(|feed| feed.stop())).await;
         self.shared.shutdown.cancel();
         lock(&self.shared.topics).clear();
-        // What close sent (NAKs of prefetched jobs) reaches the server.
+        // What close sent (NAKs of jobs not handed out) reaches the server.
         match tokio::time::timeout(
             self.shared.options.request_timeout,
             self.shared.client.flush(),
@@ -1671,7 +1941,7 @@ impl WorkBackend for JetStreamBackend {
             Err(_) => tracing::debug!("jetstream flush on close timed out"),
         }
         tracing::debug!("jetstream work backend closed");
-        Ok(())
+        confirmed
     }
 }
 
@@ -1694,6 +1964,38 @@ impl Token {
 }
 
 impl Feed {
+    /// When the handed-out delivery's visibility timeout began, as far as
+    /// this process knows: a job that waited here restarts the server's
+    /// timer with a progress ack first, so the consumer gets the full
+    /// visibility timeout.
+    async fn hand_out(&self, arrival: &Arrival) -> Instant {
+        if arrival.at.elapsed() < PROGRESS_AFTER {
+            return arrival.at;
+        }
+        let Some(reply) = arrival.message.reply.clone() else {
+            return arrival.at;
+        };
+        let now = Instant::now();
+        match self
+            .client
+            .publish(reply, Bytes::from(AckKind::Progress))
+            .await
+        {
+            Ok(()) => {
+                if let Some(handed) = self.state().handed.get_mut(&arrival.stream_sequence) {
+                    if handed.delivered == arrival.delivered {
+                        handed.at = now;
+                    }
+                }
+                now
+            }
+            Err(error) => {
+                tracing::debug!(%error, "jetstream progress ack failed");
+                arrival.at
+            }
+        }
+    }
+
     /// Forgets a delivery once acked, retried or expired.
     fn settled(&self, token: &Token) {
         let mut state = self.state();

@@ -833,3 +833,388 @@ async fn jobs_survive_a_server_restart_and_the_backend_reconnects() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&store);
 }
+
+/// Options of one `default` group (named by its first consumer) with the
+/// given visibility timeout.
+fn visible_for(timeout: Duration) -> WorkOptions {
+    WorkOptions {
+        visibility_timeout: timeout,
+        ..WorkOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_job_nobody_was_handed_keeps_attempt_one_after_close() {
+    let topic = unique("close-attempt");
+    let options = visible_for(Duration::from_secs(30));
+    let first_backend = connect().await;
+    first_backend
+        .create_group(&options, &topic, "default", true)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        first_backend
+            .enqueue(&options, job(&topic, n))
+            .await
+            .unwrap();
+    }
+    let first = next(&first_backend, &options, &topic, "default").await;
+    assert_eq!(first.attempt, 1);
+    first_backend.ack(first.receipt).await.unwrap();
+    // Nothing to await: time for jobs pulled ahead of any receive (there
+    // must be none) to arrive before the close gives them back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first_backend.close().await.unwrap();
+
+    let second_backend = connect().await;
+    for _ in 0..2 {
+        let delivery = next(&second_backend, &options, &topic, "default").await;
+        assert_eq!(delivery.attempt, 1, "never handed out before");
+        second_backend.ack(delivery.receipt).await.unwrap();
+    }
+    cleanup(second_backend, &[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_consumer_holds_no_job_of_its_group() {
+    let topic = unique("idle");
+    let options = visible_for(Duration::from_secs(30));
+    let idle = connect().await;
+    let busy = connect().await;
+    idle.create_group(&options, &topic, "default", true)
+        .await
+        .unwrap();
+    for n in 0..2 {
+        idle.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    let first = next(&idle, &options, &topic, "default").await;
+    idle.ack(first.receipt).await.unwrap();
+    // `idle` receives no more; the other job goes to `busy` at once.
+    let started = Instant::now();
+    let second = tokio::time::timeout(
+        Duration::from_secs(5),
+        busy.receive(&options, &topic, "default", "busy", Duration::from_secs(5)),
+    )
+    .await
+    .expect("receive honours its timeout")
+    .unwrap()
+    .expect("the job the idle consumer did not take");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(second.attempt, 1);
+    busy.ack(second.receipt).await.unwrap();
+    idle.close().await.unwrap();
+    cleanup(busy, &[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_not_handed_to_another_consumer_within_its_visibility_timeout() {
+    let topic = unique("visibility");
+    let visibility = Duration::from_secs(2);
+    let options = visible_for(visibility);
+    let first_backend = connect().await;
+    let second_backend = connect().await;
+    first_backend
+        .create_group(&options, &topic, "default", true)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        first_backend
+            .enqueue(&options, job(&topic, n))
+            .await
+            .unwrap();
+    }
+    let first = next(&first_backend, &options, &topic, "default").await;
+    first_backend.ack(first.receipt).await.unwrap();
+    // Most of a visibility timeout passes before the next receive: a job
+    // pulled ahead meanwhile would have little of it left.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = next(&first_backend, &options, &topic, "default").await;
+    let handed = Instant::now();
+    assert_eq!(held.attempt, 1);
+    // Well within `held`'s visibility timeout, the other consumer of the
+    // group gets every other job but never `held`.
+    while handed.elapsed() < visibility * 3 / 4 {
+        let received = tokio::time::timeout(
+            PATIENCE,
+            second_backend.receive(
+                &options,
+                &topic,
+                "default",
+                "second",
+                Duration::from_millis(200),
+            ),
+        )
+        .await
+        .expect("receive honours its timeout")
+        .unwrap();
+        if let Some(delivery) = received {
+            assert_ne!(delivery.message.id, held.message.id, "handed out twice");
+            second_backend.ack(delivery.receipt).await.unwrap();
+        }
+    }
+    first_backend.ack(held.receipt).await.unwrap();
+    first_backend.close().await.unwrap();
+    cleanup(second_backend, &[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_gives_back_at_once_every_job_not_handed_out() {
+    const JOBS: u64 = 60;
+    const TAKEN: u64 = 20;
+    let topic = unique("close-gives-back");
+    let options = visible_for(Duration::from_secs(60));
+    let closing = connect().await;
+    let other = connect().await;
+    closing
+        .create_group(&options, &topic, "default", true)
+        .await
+        .unwrap();
+    for n in 0..JOBS {
+        closing.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    for _ in 0..TAKEN {
+        let delivery = next(&closing, &options, &topic, "default").await;
+        closing.ack(delivery.receipt).await.unwrap();
+    }
+    closing.close().await.unwrap();
+    // Far sooner than the visibility timeout, every other job is there.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in TAKEN..JOBS {
+            let delivery = next(&other, &options, &topic, "default").await;
+            assert_eq!(delivery.attempt, 1, "never handed out before");
+            other.ack(delivery.receipt).await.unwrap();
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "jobs held by the closed backend");
+    cleanup(other, &[&topic]).await;
+}
+
+#[tokio::test]
+async fn a_topic_deleted_by_another_process_is_made_again_by_receive_and_create_group() {
+    let topic = unique("deleted-elsewhere");
+    let options = visible_for(Duration::from_secs(30));
+    let here = connect().await;
+    let elsewhere = connect().await;
+    here.create_group(&options, &topic, "first", false)
+        .await
+        .unwrap();
+    assert!(elsewhere.delete_topic(&topic).await.unwrap());
+
+    nothing_for(
+        &here,
+        &options,
+        &topic,
+        "second",
+        Duration::from_millis(200),
+    )
+    .await;
+    here.create_group(&options, &topic, "third", false)
+        .await
+        .unwrap();
+    elsewhere.enqueue(&options, job(&topic, 7)).await.unwrap();
+    let delivery = next(&here, &options, &topic, "second").await;
+    assert_eq!(delivery.message.payload.as_u64(), Some(7));
+    here.ack(delivery.receipt).await.unwrap();
+    elsewhere.close().await.unwrap();
+    cleanup(here, &[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_waiting_across_delete_topic_gets_the_new_topics_jobs() {
+    let topic = unique("delete-while-waiting");
+    let options = visible_for(Duration::from_secs(30));
+    let here = std::sync::Arc::new(connect().await);
+    let elsewhere = connect().await;
+    here.create_group(&options, &topic, "default", false)
+        .await
+        .unwrap();
+    let waiting = {
+        let (here, options, topic) = (here.clone(), options.clone(), topic.clone());
+        tokio::spawn(async move {
+            here.receive(&options, &topic, "default", "c", Duration::from_secs(8))
+                .await
+        })
+    };
+    // Until the receive has its pull request out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(here.delete_topic(&topic).await.unwrap());
+    elsewhere.enqueue(&options, job(&topic, 1)).await.unwrap();
+    let received = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("receive honours its timeout")
+        .unwrap()
+        .unwrap()
+        .expect("the job enqueued after the topic was made again");
+    assert_eq!(received.message.payload.as_u64(), Some(1));
+    here.ack(received.receipt).await.unwrap();
+    elsewhere.delete_topic(&topic).await.unwrap();
+    elsewhere.close().await.unwrap();
+    here.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn stats_stay_exact_long_after_an_expiry_and_a_retry() {
+    let topic = unique("stats-later");
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_secs(1),
+        ..options(&["default"])
+    };
+    let backend = connect().await;
+    for n in 0..2 {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    let expiring = next(&backend, &options, &topic, "default").await;
+    let retried = next(&backend, &options, &topic, "default").await;
+    backend
+        .retry(&options, retried.receipt, Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(expiring);
+    // The figures must not depend on how long ago these happened.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(2, 0)
+    );
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        stats(&backend, &options, &topic, "default").await,
+        figures(2, 0)
+    );
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_reports_acks_sent_before_a_reconnection() {
+    use private_broker::{Kind, PrivateBroker};
+    const JOBS: u64 = 5;
+
+    let store = std::env::temp_dir().join(format!("eventforge-js-{}", eventforge_core::new_id()));
+    let store_arg = store.to_str().unwrap().to_owned();
+    let mut broker = PrivateBroker::start_with(Kind::Nats, &["-js", "-sd", &store_arg]).await;
+    let backend = JetStreamBackend::builder()
+        .server(broker.url())
+        .request_timeout(Duration::from_secs(1))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let topic = unique("lost-acks");
+    let options = options(&["default"]);
+    for n in 0..JOBS {
+        backend.enqueue(&options, job(&topic, n)).await.unwrap();
+    }
+    let mut deliveries = Vec::new();
+    for _ in 0..JOBS {
+        deliveries.push(next(&backend, &options, &topic, "default").await);
+    }
+
+    // The acks reach a server that never reads them.
+    broker.freeze().await;
+    for delivery in deliveries {
+        backend.ack(delivery.receipt).await.unwrap();
+    }
+    let mut reconnections = backend.reconnections();
+    broker.restart().await;
+    tokio::time::timeout(PATIENCE, reconnections.wait_for(|n| *n >= 1))
+        .await
+        .expect("reconnected in time")
+        .unwrap();
+    let settled = tokio::time::timeout(PATIENCE, backend.settle())
+        .await
+        .expect("settle in time");
+    assert!(
+        matches!(settled, Err(Error::Transport { .. })),
+        "acks the server may not have had reported as applied: {settled:?}"
+    );
+    // Reported once: what is sent from now on is confirmed as usual.
+    tokio::time::timeout(PATIENCE, backend.settle())
+        .await
+        .expect("settle in time")
+        .unwrap();
+    cleanup(backend, &[&topic]).await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_consumer_was_deleted_is_made_again_by_its_receives() {
+    let topic = unique("consumer-deleted");
+    let options = options(&["a", "b"]);
+    let backend = connect().await;
+    backend.enqueue(&options, job(&topic, 0)).await.unwrap();
+    let first = next(&backend, &options, &topic, "a").await;
+    backend.ack(first.receipt).await.unwrap();
+
+    // An operator removes the group's consumer; the stream stays.
+    let admin = async_nats::jetstream::new(async_nats::connect(url()).await.unwrap());
+    let stream = admin.get_stream(backend.stream_name(&topic)).await.unwrap();
+    stream.delete_consumer("a").await.unwrap();
+    backend.enqueue(&options, job(&topic, 1)).await.unwrap();
+
+    // Receives may fail while the feed finds out; then the group is back.
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let received = backend
+                .receive(&options, &topic, "a", "c", Duration::from_millis(500))
+                .await;
+            if let Ok(Some(delivery)) = received {
+                let payload = delivery.message.payload.as_u64();
+                backend.ack(delivery.receipt).await.unwrap();
+                if payload == Some(1) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "group a never received the later job");
+    cleanup(backend, &[&topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_nobody_receives_from_are_closed() {
+    const TOPICS: usize = 5;
+    let backend = JetStreamBackend::builder()
+        .server(url())
+        .storage(JetStreamStorage::Memory)
+        .feed_idle_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let options = visible_for(Duration::from_secs(1));
+    let topics: Vec<String> = (0..TOPICS).map(|n| unique(&format!("idle-{n}"))).collect();
+    for topic in &topics {
+        nothing_for(
+            &backend,
+            &options,
+            topic,
+            "default",
+            Duration::from_millis(1),
+        )
+        .await;
+    }
+    assert_eq!(backend.counters().feeds, TOPICS as u64);
+
+    // Past the visibility timeout without a receive, every feed goes.
+    let closed = tokio::time::timeout(PATIENCE, async {
+        while backend.counters().feeds > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "{} feeds still open",
+        backend.counters().feeds
+    );
+
+    // A later receive opens the feed again and gets the job.
+    backend.enqueue(&options, job(&topics[0], 5)).await.unwrap();
+    let delivery = next(&backend, &options, &topics[0], "default").await;
+    assert_eq!(delivery.attempt, 1);
+    backend.ack(delivery.receipt).await.unwrap();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    cleanup(backend, &topics).await;
+}

@@ -84,6 +84,22 @@ impl PrivateBroker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing
+    /// sent to it is read, as with a hung server. [`restart`](Self::restart)
+    /// ends it.
+    pub async fn freeze(&mut self) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let pid = child.id().expect("a running broker has a pid").to_string();
+        let sent = Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "kill -STOP {pid} failed");
+    }
+
     /// Starts a stopped broker again on the same port and arguments.
     pub async fn resume(&mut self) {
         self.launch().await;
