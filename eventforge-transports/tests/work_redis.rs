@@ -103,6 +103,26 @@ impl Queue {
             .unwrap()
     }
 
+    /// Deletes the `index`-th entry of the stream by hand, as an operator's
+    /// `XDEL` would, whatever the groups think of it.
+    async fn delete_entry(&self, index: usize) {
+        let stream = self.backend.stream_key(&self.topic);
+        let mut redis = self.redis().await;
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let _: u64 = redis::cmd("XDEL")
+            .arg(&stream)
+            .arg(&entries[index].0)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+
     async fn stream_len(&self) -> u64 {
         redis::cmd("XLEN")
             .arg(self.backend.stream_key(&self.topic))
@@ -598,21 +618,7 @@ async fn a_job_deleted_while_in_flight_is_dropped_without_error() {
     let queue = Queue::with("deleted", options).await;
     queue.enqueue(1).await;
     let taken = queue.receive("default", &consumer()).await;
-    let stream = queue.backend.stream_key(&queue.topic);
-    let mut redis = queue.redis().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let _: u64 = redis::cmd("XDEL")
-        .arg(&stream)
-        .arg(&entries[0].0)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    queue.delete_entry(0).await;
     // Past the visibility timeout the expiry scan finds the entry gone.
     assert!(queue
         .try_receive("default", &consumer(), Duration::from_millis(600))
@@ -1101,24 +1107,8 @@ async fn a_retry_of_a_job_deleted_while_in_flight_fails_as_expired_and_delays_no
     queue.enqueue(2).await;
     let first = queue.receive("default", &consumer()).await;
     let second = queue.receive("default", &consumer()).await;
-    let stream = queue.backend.stream_key(&queue.topic);
-    let mut redis = queue.redis().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
     assert_eq!(payload(&first), 1, "the first entry is job 1");
-    let _: u64 = redis::cmd("XDEL")
-        .arg(&stream)
-        .arg(&entries[0].0)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    queue.delete_entry(0).await;
     let retried = queue
         .backend
         .retry(&queue.options, first.receipt, Duration::from_secs(600))
@@ -1127,7 +1117,9 @@ async fn a_retry_of_a_job_deleted_while_in_flight_fails_as_expired_and_delays_no
         matches!(retried, Err(Error::DeliveryExpired { .. })),
         "{retried:?}"
     );
-    let delayed: u64 = redis
+    let delayed: u64 = queue
+        .redis()
+        .await
         .zcard(queue.backend.delayed_key(&queue.topic, "default"))
         .await
         .unwrap();
@@ -1149,21 +1141,7 @@ async fn enqueue_without_a_size_limit_works_after_an_entry_is_deleted() {
     }
     // Deleting an entry the group has not read yet makes Redis unable to
     // report the group's lag: the script counts the entries instead.
-    let stream = queue.backend.stream_key(&queue.topic);
-    let mut redis = queue.redis().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let _: u64 = redis::cmd("XDEL")
-        .arg(&stream)
-        .arg(&entries[1].0)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    queue.delete_entry(1).await;
     queue.enqueue(3).await;
     assert_eq!(queue.stats("default").await, (3, 0));
     queue.clean_up(&[]).await;
