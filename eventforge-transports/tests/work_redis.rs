@@ -1181,3 +1181,83 @@ async fn jobs_buffered_for_a_consumer_that_stopped_receiving_go_to_another_consu
     }
     queue.clean_up(&[]).await;
 }
+
+/// With Redis set to persist (append-only file), jobs survive a restart:
+/// those waiting and the one in flight, which comes back after its
+/// visibility timeout.
+#[tokio::test]
+async fn jobs_survive_a_restart_of_a_redis_that_persists() {
+    use private_broker::{Kind, PrivateBroker};
+    const JOBS: i64 = 10;
+
+    let dir = std::env::temp_dir().join(format!("eventforge-redis-{}", eventforge_core::new_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let persist = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &dir_arg,
+    ];
+    let mut broker = PrivateBroker::start_with(Kind::Redis, &persist).await;
+    let backend = RedisStreamsBackend::builder(broker.url())
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .command_timeout(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(20))
+        .connect()
+        .await
+        .unwrap();
+    let options = WorkOptions {
+        visibility_timeout: Duration::from_millis(500),
+        ..WorkOptions::default()
+    };
+    let topic = "persisted.jobs";
+    for n in 0..JOBS {
+        backend
+            .enqueue(&options, Message::new(topic, n).unwrap())
+            .await
+            .unwrap();
+    }
+    let held = backend
+        .receive(&options, topic, "default", &consumer(), PATIENCE)
+        .await
+        .unwrap()
+        .expect("a job before the restart");
+    // The consumer holding it dies with the server.
+    drop(held);
+
+    broker.stop().await;
+    broker.resume().await;
+
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while seen.len() < JOBS as usize {
+        assert!(Instant::now() < deadline, "only {seen:?} after the restart");
+        match backend
+            .receive(
+                &options,
+                topic,
+                "default",
+                &consumer(),
+                Duration::from_secs(1),
+            )
+            .await
+        {
+            Ok(Some(delivery)) => {
+                seen.push(delivery.message.payload_as::<i64>().unwrap());
+                backend.ack(delivery.receipt).await.unwrap();
+            }
+            Ok(None) => {}
+            // Reconnecting: each failure is one attempt, spaced by the backoff.
+            Err(Error::Transport { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(error) => panic!("unexpected error after the restart: {error}"),
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..JOBS).collect::<Vec<_>>(), "every job, once");
+    backend.close().await.unwrap();
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
