@@ -759,17 +759,17 @@ async fn topics_that_are_not_subjects_are_refused() {
     backend.close().await.unwrap();
 }
 
-/// Jobs stored on disk survive a server restart, calls fail with a
-/// transport error while the server is down, and the same backend works
-/// again once it is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_survive_a_server_restart_and_the_backend_reconnects() {
+/// A private JetStream server storing on disk (in a fresh directory,
+/// returned for removal) and a backend quick to notice it is gone and back.
+async fn durable_server() -> (
+    private_broker::PrivateBroker,
+    JetStreamBackend,
+    std::path::PathBuf,
+) {
     use private_broker::{Kind, PrivateBroker};
-    const JOBS: u64 = 20;
-
     let store = std::env::temp_dir().join(format!("eventforge-js-{}", eventforge_core::new_id()));
     let store_arg = store.to_str().unwrap().to_owned();
-    let mut broker = PrivateBroker::start_with(Kind::Nats, &["-js", "-sd", &store_arg]).await;
+    let broker = PrivateBroker::start_with(Kind::Nats, &["-js", "-sd", &store_arg]).await;
     let backend = JetStreamBackend::builder()
         .server(broker.url())
         .request_timeout(Duration::from_secs(1))
@@ -777,6 +777,17 @@ async fn jobs_survive_a_server_restart_and_the_backend_reconnects() {
         .connect()
         .await
         .unwrap();
+    (broker, backend, store)
+}
+
+/// Jobs stored on disk survive a server restart, calls fail with a
+/// transport error while the server is down, and the same backend works
+/// again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_a_server_restart_and_the_backend_reconnects() {
+    const JOBS: u64 = 20;
+
+    let (mut broker, backend, store) = durable_server().await;
     let topic = unique("durable");
     let options = options(&["default"]);
 
@@ -1087,19 +1098,9 @@ async fn stats_stay_exact_long_after_an_expiry_and_a_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settle_reports_acks_sent_before_a_reconnection() {
-    use private_broker::{Kind, PrivateBroker};
     const JOBS: u64 = 5;
 
-    let store = std::env::temp_dir().join(format!("eventforge-js-{}", eventforge_core::new_id()));
-    let store_arg = store.to_str().unwrap().to_owned();
-    let mut broker = PrivateBroker::start_with(Kind::Nats, &["-js", "-sd", &store_arg]).await;
-    let backend = JetStreamBackend::builder()
-        .server(broker.url())
-        .request_timeout(Duration::from_secs(1))
-        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
+    let (mut broker, backend, store) = durable_server().await;
     let topic = unique("lost-acks");
     let options = options(&["default"]);
     for n in 0..JOBS {
