@@ -10,15 +10,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventforge::executor::{run_child_if_requested, Executor, ExecutorMode, FunctionRegistry};
+use eventforge::tasks::{run_child_if_requested, Executor, ExecutorMode, FunctionRegistry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use eventforge::rpc::{HandlerError, ReplyRouting};
-use eventforge::{
-    MemoryTransport, Message, MessageQueue, Pattern, RpcClient, RpcServer, Transport,
-};
+use eventforge::rpc::{RpcClient, RpcServer};
+use eventforge::{MemoryTransport, Message, MessageQueue, Pattern, Transport};
 use serde_json::json;
 use tokio::sync::oneshot;
 

@@ -9,9 +9,9 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use eventforge::observers::{CpuMeter, TimingMeter};
 use eventforge::rpc::HandlerError;
-use eventforge::task::Task;
+use eventforge::tasks::observers::{CpuMeter, TimingMeter};
+use eventforge::tasks::Task;
 
 /// Time per figure: 2 s under `cargo bench`, a smoke run otherwise.
 static RUN_MILLIS: AtomicU64 = AtomicU64::new(30);

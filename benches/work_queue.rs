@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventforge::{WorkBackend, WorkQueue};
+use eventforge::work::{WorkBackend, WorkQueue};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::Notify;
@@ -320,7 +320,7 @@ fn main() {
 
         let mut figures = Vec::new();
         for _ in 0..RUNS {
-            let memory = Arc::new(eventforge::MemoryWorkBackend::new());
+            let memory = Arc::new(eventforge::work::MemoryWorkBackend::new());
             figures.push(
                 eventforge_jobs_per_second(
                     move || {

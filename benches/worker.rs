@@ -14,8 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use eventforge::rpc::{HandlerError, RpcClient, RpcServer};
 use eventforge::transports::tcp::{TcpClientTransport, TcpServerTransport};
-use eventforge::{rpc::HandlerError, MessageQueue, RpcClient, RpcServer};
+use eventforge::MessageQueue;
 use eventforge_worker::cli::WorkerArgs;
 use eventforge_worker::Worker;
 use serde_json::{json, Value};

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use eventforge::executor::{run_child_if_requested, Executor, ExecutorMode, FunctionRegistry};
+use eventforge::tasks::{run_child_if_requested, Executor, ExecutorMode, FunctionRegistry};
 use serde_json::{json, Value};
 
 /// The functions tasks may run. Parent and children build the same registry.

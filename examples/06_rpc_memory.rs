@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use eventforge::rpc::{HandlerError, Kwargs};
-use eventforge::{
-    with_retry, MessageQueue, RetryPolicy, RoundRobinRpcClient, RpcClient, RpcError, RpcServer,
+use eventforge::rpc::{
+    with_retry, RetryPolicy, RoundRobinRpcClient, RpcClient, RpcError, RpcServer,
 };
+use eventforge::rpc::{HandlerError, Kwargs};
+use eventforge::MessageQueue;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -9,11 +9,11 @@
 
 use std::time::Duration;
 
-use eventforge::observers::{
+use eventforge::rpc::HandlerError;
+use eventforge::tasks::observers::{
     CpuMeter, MetricsMeter, Observer, Reduction, Summary, TimingMeter, TracingReporter,
 };
-use eventforge::rpc::HandlerError;
-use eventforge::task::{Task, TaskContext};
+use eventforge::tasks::{Task, TaskContext};
 use serde_json::json;
 
 /// An observer with a bug: its panic is caught, counted and reported.

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use eventforge::observers::TimingMeter;
 use eventforge::rpc::{HandlerError, RpcClient, RpcServer};
-use eventforge::task::Task;
+use eventforge::tasks::observers::TimingMeter;
+use eventforge::tasks::Task;
 use eventforge::MessageQueue;
 use serde_json::json;
 
@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. From its topic: an object payload binds by parameter name.
     let mut successes = queue.subscribe("invoices.total.success").await?;
     let mut failures = queue.subscribe("invoices.total.failure").await?;
-    queue.register_task(&total).await?;
+    total.bind(&queue).await?;
     queue
         .publish("invoices.total", json!({"prices": [5.0, 5.0], "tax": 0.2}))
         .await?;

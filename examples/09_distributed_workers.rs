@@ -17,8 +17,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use eventforge::rpc::{with_retry, RetryPolicy, RoundRobinRpcClient, RpcClient};
 use eventforge::transports::tcp::TcpClientTransport;
-use eventforge::{with_retry, MessageQueue, RetryPolicy, RoundRobinRpcClient, RpcClient};
+use eventforge::MessageQueue;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventforge::work_queue::{dead_letter_topic, JobEventPayload, DEAD_LETTER_REASON_HEADER};
-use eventforge::{BoxError, MessageQueue, WorkBackend, WorkQueue};
+use eventforge::work::{dead_letter_topic, JobEventPayload, DEAD_LETTER_REASON_HEADER};
+use eventforge::work::{WorkBackend, WorkQueue};
+use eventforge::{BoxError, MessageQueue};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -39,7 +40,7 @@ async fn backend(
 ) -> Result<(Arc<dyn WorkBackend>, MessageQueue), Box<dyn std::error::Error>> {
     match url {
         None | Some("memory") => Ok((
-            Arc::new(eventforge::MemoryWorkBackend::new()),
+            Arc::new(eventforge::work::MemoryWorkBackend::new()),
             MessageQueue::memory(),
         )),
         #[cfg(feature = "redis")]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventforge::rpc::ReplyRouting;
-use eventforge::{MemoryTransport, MessageQueue, Pattern, RpcClient, RpcError, Transport};
+use eventforge::rpc::{RpcClient, RpcError};
+use eventforge::{MemoryTransport, MessageQueue, Pattern, Transport};
 use rpc_suite::{unique_service, Pair, Target};
 
 fn memory() -> std::pin::Pin<Box<dyn std::future::Future<Output = Pair> + Send>> {
@@ -120,8 +121,8 @@ async fn clients_on_one_transport_share_one_reply_subscription() {
     let transport = MemoryTransport::new();
     let queue = MessageQueue::new(transport.clone());
     let service = unique_service("shared");
-    let server = eventforge::RpcServer::new(queue.clone()).service(&service);
-    server.register("one", || Ok::<_, eventforge::HandlerError>(1));
+    let server = eventforge::rpc::RpcServer::new(queue.clone()).service(&service);
+    server.register("one", || Ok::<_, eventforge::rpc::HandlerError>(1));
     server.serve().await.unwrap();
     let with_server = transport.stats().subscriptions;
     for _ in 0..5 {
@@ -151,8 +152,10 @@ fn client_outlives_the_runtime_that_made_its_reply_subscription() {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let server = eventforge::RpcServer::new(queue.clone()).service(&service);
-            server.register("round", move || Ok::<_, eventforge::HandlerError>(round));
+            let server = eventforge::rpc::RpcServer::new(queue.clone()).service(&service);
+            server.register("round", move || {
+                Ok::<_, eventforge::rpc::HandlerError>(round)
+            });
             server.serve().await.unwrap();
             assert_eq!(client.call::<i64>("round", ()).await.unwrap(), round);
             server.stop().await;
@@ -165,7 +168,7 @@ async fn dropping_a_serving_server_stops_it() {
     let transport = MemoryTransport::new();
     let queue = MessageQueue::new(transport.clone());
     let before = transport.stats().subscriptions;
-    let server = eventforge::RpcServer::new(queue.clone()).service(unique_service("dropped"));
+    let server = eventforge::rpc::RpcServer::new(queue.clone()).service(unique_service("dropped"));
     server.serve().await.unwrap();
     assert_eq!(transport.stats().subscriptions, before + 1);
     drop(server);

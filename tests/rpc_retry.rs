@@ -4,11 +4,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventforge::rpc::{HandlerError, RpcErrorKind};
-use eventforge::{
-    new_id, with_retry, MemoryTransport, MessageQueue, Pattern, RetryPolicy, RoundRobinRpcClient,
-    RpcClient, RpcError, RpcServer,
+use eventforge::rpc::{
+    with_retry, RetryPolicy, RoundRobinRpcClient, RpcClient, RpcError, RpcServer,
 };
+use eventforge::rpc::{HandlerError, RpcErrorKind};
+use eventforge::{new_id, MemoryTransport, MessageQueue, Pattern};
 
 fn fast_retries(attempts: u32) -> RetryPolicy {
     RetryPolicy::new()

@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use eventforge::rpc::HandlerError;
-use eventforge::{
-    Message, MessageQueue, Pattern, RpcClient, RpcError, RpcRequest, RpcResponse, RpcServer,
-    TaskResult, TaskStatus,
-};
+use eventforge::rpc::{RpcClient, RpcError, RpcRequest, RpcResponse, RpcServer};
+use eventforge::tasks::{TaskResult, TaskStatus};
+use eventforge::{Message, MessageQueue, Pattern};
 use serde_json::{json, Value};
 
 fn vectors() -> Value {

@@ -3,8 +3,8 @@
 #![cfg(feature = "macros")]
 
 use eventforge::macros::task;
-use eventforge::observers::TimingMeter;
 use eventforge::rpc::HandlerError;
+use eventforge::tasks::observers::TimingMeter;
 use eventforge::MessageQueue;
 use serde_json::json;
 

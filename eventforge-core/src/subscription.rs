@@ -31,7 +31,7 @@ type DropHook = Box<dyn FnOnce(SubscriptionId) + Send + Sync>;
 /// the transport closes. Dropping a `Subscription` unsubscribes it.
 ///
 /// ```
-/// use eventforge_core::{MemoryTransport, Pattern, Transport, Message};
+/// use eventforge_core::{MemoryTransport, Message, Pattern, Transport};
 /// use futures::StreamExt;
 ///
 /// # #[tokio::main(flavor = "current_thread")]

@@ -38,8 +38,9 @@ const OPTIONS: &str = "name, topic, max_instances, instance_timeout_ms, publish_
 ///
 /// Options: `name = "..."` (default: the function's name), `topic = "..."`
 /// (default: the name), `max_instances = N`, `instance_timeout_ms = N`,
-/// `publish_result = true|false`, `crate = "path"` (where the eventforge
-/// API lives, default `::eventforge`; `"eventforge_core"` works too).
+/// `publish_result = true|false`, `crate = "path"` (the path of the
+/// `eventforge` facade, default `::eventforge`, for a renamed dependency;
+/// the code uses its `tasks` and `rpc` modules).
 ///
 /// Parameters must be plain `name: Type` with owned, deserialisable types;
 /// their names let an object payload bind by name. A function returning
@@ -232,14 +233,14 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
         #function
 
         #[doc = #builder_doc]
-        #vis fn #builder_fn() -> #krate::task::TaskBuilder {
-            #krate::task::Task::builder(#task_name, #closure)
+        #vis fn #builder_fn() -> #krate::tasks::TaskBuilder {
+            #krate::tasks::Task::builder(#task_name, #closure)
                 .params([#(#param_names),*])
                 #options_chain
         }
 
         #[doc = #task_doc]
-        #vis fn #task_fn() -> #krate::task::Task {
+        #vis fn #task_fn() -> #krate::tasks::Task {
             #builder_fn().build()
         }
     })

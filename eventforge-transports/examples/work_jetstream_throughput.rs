@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventforge_core::{Message, WorkBackend, WorkOptions};
+use eventforge_core::Message;
+
 use eventforge_transports::jetstream::{JetStreamBackend, JetStreamStorage};
+use eventforge_work::{WorkBackend, WorkOptions};
 use futures::{StreamExt, TryStreamExt};
 
 /// Enqueues the producer keeps in flight.

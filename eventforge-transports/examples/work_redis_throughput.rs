@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventforge_core::{Error, Message, WorkBackend, WorkOptions};
+use eventforge_core::{Error, Message};
+
 use eventforge_transports::redis_streams::RedisStreamsBackend;
+use eventforge_work::{WorkBackend, WorkOptions};
 use futures::StreamExt;
 
 /// Time spent in `receive` calls that returned a job, and in `ack`.

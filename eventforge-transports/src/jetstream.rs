@@ -142,10 +142,8 @@ use async_nats::jetstream::{
 };
 use async_trait::async_trait;
 use bytes::Bytes;
-use eventforge_core::{
-    validate_topic, BackendStats, Delivery, Error, Message, Receipt, Result, WorkBackend,
-    WorkOptions,
-};
+use eventforge_core::{validate_topic, Error, Message, Result};
+use eventforge_work::{BackendStats, Delivery, Receipt, WorkBackend, WorkOptions};
 use futures::StreamExt;
 use tokio::sync::{oneshot, watch, Notify, OnceCell};
 use tokio::task::JoinHandle;
@@ -428,7 +426,8 @@ fn record_event(
 ///
 /// ```
 /// use std::time::Duration;
-/// use eventforge_core::{Message, WorkBackend, WorkOptions};
+/// use eventforge_core::Message;
+/// use eventforge_work::{WorkBackend, WorkOptions};
 /// use eventforge_transports::jetstream::JetStreamBackend;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -1617,7 +1616,7 @@ impl JetStreamBackend {
                 .groups
                 .first()
                 .cloned()
-                .unwrap_or_else(|| eventforge_core::DEFAULT_GROUP.to_owned())
+                .unwrap_or_else(|| eventforge_work::DEFAULT_GROUP.to_owned())
         })
     }
 

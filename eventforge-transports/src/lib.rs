@@ -10,7 +10,7 @@
 //! - `nats` (feature `nats`): NATS, with native request/reply.
 //!
 //! With feature `nats`, `jetstream::JetStreamBackend` also stores work-queue
-//! jobs in NATS JetStream (an `eventforge_core::WorkBackend`).
+//! jobs in NATS JetStream (an `eventforge_work::WorkBackend`).
 //!
 //! The TCP transport (feature `tcp`) is in `tcp`: `tcp::TcpServerTransport`,
 //! `tcp::TcpClientTransport`, the frame codec `tcp::FrameCodec` and the

@@ -101,10 +101,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use eventforge_core::{
-    validate_topic, BackendStats, Delivery, Error, Message, Receipt, Result, WorkBackend,
-    WorkOptions,
-};
+use eventforge_core::{validate_topic, Error, Message, Result};
+use eventforge_work::{BackendStats, Delivery, Receipt, WorkBackend, WorkOptions};
 use futures::stream::{FuturesUnordered, StreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
@@ -260,7 +258,8 @@ impl RedisStreamsBackendBuilder {
 /// A [`WorkBackend`] on Redis Streams with consumer groups.
 ///
 /// ```no_run
-/// use eventforge_core::{Message, WorkBackend, WorkOptions};
+/// use eventforge_core::Message;
+/// use eventforge_work::{WorkBackend, WorkOptions};
 /// use eventforge_transports::redis_streams::RedisStreamsBackend;
 /// use std::time::Duration;
 ///

@@ -1,8 +1,8 @@
 //! RPC runs unchanged on the TCP transport, in both directions.
 #![cfg(feature = "tcp")]
 
-use eventforge_core::rpc::{HandlerError, RpcClient, RpcErrorKind, RpcServer};
 use eventforge_core::MessageQueue;
+use eventforge_rpc::{HandlerError, RpcClient, RpcErrorKind, RpcServer};
 use eventforge_transports::tcp::{TcpClientTransport, TcpServerTransport};
 
 async fn link() -> (MessageQueue, MessageQueue) {

@@ -12,7 +12,9 @@ mod private_broker;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use eventforge_core::{BackendStats, Delivery, Error, Message, WorkBackend, WorkOptions};
+use eventforge_work::{BackendStats, Delivery, WorkBackend, WorkOptions};
+
+use eventforge_core::{Error, Message};
 use eventforge_transports::jetstream::{JetStreamBackend, JetStreamStorage};
 use futures::FutureExt;
 

@@ -12,7 +12,9 @@ mod private_broker;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use eventforge_core::{Delivery, Error, Message, WorkBackend, WorkOptions};
+use eventforge_work::{Delivery, WorkBackend, WorkOptions};
+
+use eventforge_core::{Error, Message};
 use eventforge_transports::redis_streams::{RedisStreamsBackend, RedisStreamsBackendBuilder};
 use futures::FutureExt;
 use redis::AsyncCommands;
@@ -995,7 +997,7 @@ async fn receives_that_time_out_leave_no_job_behind() {
 
 #[tokio::test]
 async fn a_dequeue_cancelled_before_its_answer_leaves_the_job_unspent() {
-    use eventforge_core::WorkQueue;
+    use eventforge_work::WorkQueue;
 
     let builder = RedisStreamsBackend::builder(url()).poll_interval(Duration::from_millis(20));
     let backend = builder.connect().await.expect("Redis at REDIS_URL");

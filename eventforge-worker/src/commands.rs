@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
-use eventforge_core::rpc::RpcClient;
 use eventforge_core::MessageQueue;
+use eventforge_rpc::RpcClient;
 use serde_json::Value;
 
 use crate::cli::{json_or_string, split_assignment, CallArgs, PubArgs, SubArgs};

@@ -3,7 +3,7 @@
 //! The exit codes are part of the command's interface (scripts branch on
 //! them), so they live beside the error they describe.
 
-use eventforge_core::rpc::RpcError;
+use eventforge_rpc::RpcError;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;

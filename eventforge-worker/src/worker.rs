@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use clap::Parser;
-use eventforge_core::rpc::{IncomingCall, Outcome, RpcHandler, RpcServer};
+use eventforge_rpc::{IncomingCall, Outcome, RpcHandler, RpcServer};
 use futures::future::BoxFuture;
 
 use crate::cli::{split_assignment, WorkerArgs, WorkerCommand};
@@ -112,7 +112,7 @@ impl Worker {
 
     /// Serves `method` with a Rust closure whose arguments are read from
     /// the call's positional arguments (see
-    /// [`RpcServer::register`](eventforge_core::rpc::RpcServer::register)).
+    /// [`RpcServer::register`](eventforge_rpc::RpcServer::register)).
     pub fn handler<H, Args>(mut self, method: impl Into<String>, handler: H) -> Self
     where
         H: RpcHandler<Args>,
@@ -205,7 +205,7 @@ impl Worker {
             .service
             .clone()
             .or(config.service.clone())
-            .unwrap_or_else(|| eventforge_core::rpc::DEFAULT_SERVICE.to_owned());
+            .unwrap_or_else(|| eventforge_rpc::DEFAULT_SERVICE.to_owned());
         let methods = method_table(&args, &config, &id, native)?;
         let url = args.url.clone().or(config.url.clone()).ok_or_else(|| {
             WorkerError::Invalid(

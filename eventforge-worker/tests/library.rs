@@ -1,8 +1,8 @@
 //! `Worker` as a library: native Rust handlers beside the built-ins,
 //! called over real loopback TCP.
 
-use eventforge_core::rpc::RpcClient;
 use eventforge_core::MessageQueue;
+use eventforge_rpc::RpcClient;
 use eventforge_transports::tcp::TcpClientTransport;
 use eventforge_worker::{Worker, WorkerError};
 

@@ -10,7 +10,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventforge::{Error, Message, Pattern, Subscription, Transport, MATCH_TABLE};
+use eventforge::{Error, Message, Pattern, Subscription, Transport};
+// The wildcard table every transport must agree on, from the kernel that defines it.
+use eventforge_core::MATCH_TABLE;
 use futures::future::{join_all, BoxFuture};
 use serde_json::json;
 

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventforge::rpc::{HandlerError, IncomingCall, Kwargs, ReplyRouting};
-use eventforge::{
-    new_id, with_retry, Message, MessageQueue, Pattern, RetryPolicy, RoundRobinRpcClient,
-    RpcClient, RpcError, RpcServer, Transport,
+use eventforge::rpc::{
+    with_retry, RetryPolicy, RoundRobinRpcClient, RpcClient, RpcError, RpcServer,
 };
+use eventforge::rpc::{HandlerError, IncomingCall, Kwargs, ReplyRouting};
+use eventforge::{new_id, Message, MessageQueue, Pattern, Transport};
 use futures::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -16,7 +16,7 @@ use suite::Backends;
 
 // One store shared by every "connection": memory lives in the process.
 work_queue_suite!(memory, || async {
-    Backends::shared(Arc::new(eventforge::MemoryWorkBackend::new()))
+    Backends::shared(Arc::new(eventforge::work::MemoryWorkBackend::new()))
 });
 
 // A new client per connection, as separate consumer processes would have.
@@ -26,7 +26,7 @@ work_queue_suite!(redis_streams, || async {
         Box::pin(async {
             let url = support::redis_url();
             match eventforge::transports::redis_streams::RedisStreamsBackend::connect(&url).await {
-                Ok(backend) => Arc::new(backend) as Arc<dyn eventforge::WorkBackend>,
+                Ok(backend) => Arc::new(backend) as Arc<dyn eventforge::work::WorkBackend>,
                 Err(error) => panic!("Redis at {url}: {error} (start it with scripts/brokers.sh)"),
             }
         })
@@ -39,7 +39,7 @@ work_queue_suite!(jetstream, || async {
         Box::pin(async {
             let url = support::nats_url();
             match eventforge::transports::jetstream::JetStreamBackend::connect(&url).await {
-                Ok(backend) => Arc::new(backend) as Arc<dyn eventforge::WorkBackend>,
+                Ok(backend) => Arc::new(backend) as Arc<dyn eventforge::work::WorkBackend>,
                 Err(error) => panic!("NATS at {url}: {error} (start it with scripts/brokers.sh)"),
             }
         })
@@ -57,8 +57,9 @@ async fn events_cross_the_broker(
     publisher: Arc<dyn eventforge::Transport>,
     watcher: Arc<dyn eventforge::Transport>,
 ) {
-    use eventforge::work_queue::JobEventPayload;
-    use eventforge::{MessageQueue, WorkQueue};
+    use eventforge::work::JobEventPayload;
+    use eventforge::work::WorkQueue;
+    use eventforge::MessageQueue;
     use futures::StreamExt;
     use std::time::Duration;
 
@@ -68,7 +69,7 @@ async fn events_cross_the_broker(
         .subscribe(format!("_events.{topic}.**").as_str())
         .await
         .unwrap();
-    let queue = WorkQueue::builder(eventforge::MemoryWorkBackend::new())
+    let queue = WorkQueue::builder(eventforge::work::MemoryWorkBackend::new())
         .events(MessageQueue::from_shared(publisher))
         .summary_interval(None)
         .build();

@@ -9,12 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventforge::work_queue::{
+use eventforge::work::{
     dead_letter_topic, JobEventPayload, Summary, DEAD_LETTER_REASON_HEADER, ENQUEUED_AT_HEADER,
     GROUP_HEADER, LAST_ERROR_HEADER, ORIGINAL_ID_HEADER, ORIGINAL_TOPIC_HEADER, REASON_MAX_RETRIES,
     REASON_REJECTED, REASON_VISIBILITY_TIMEOUT, RETRY_COUNT_HEADER, VISIBILITY_TIMEOUT_HEADER,
 };
-use eventforge::{Error, Nack, WorkBackend, WorkQueue, WorkQueueBuilder};
+use eventforge::work::{Nack, WorkBackend, WorkQueue, WorkQueueBuilder};
+use eventforge::Error;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde_json::json;
@@ -138,7 +139,7 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 }
 
 /// Takes the next job, failing the test if none comes in time.
-async fn take(queue: &WorkQueue, topic: &str, group: &str) -> eventforge::Job {
+async fn take(queue: &WorkQueue, topic: &str, group: &str) -> eventforge::work::Job {
     queue
         .dequeue(topic, group, PATIENCE)
         .await
@@ -146,7 +147,7 @@ async fn take(queue: &WorkQueue, topic: &str, group: &str) -> eventforge::Job {
         .unwrap_or_else(|| panic!("no job on {topic} for {group} within {PATIENCE:?}"))
 }
 
-fn header_u64(job: &eventforge::Job, key: &str) -> u64 {
+fn header_u64(job: &eventforge::work::Job, key: &str) -> u64 {
     job.message()
         .header(key)
         .and_then(serde_json::Value::as_u64)
@@ -230,7 +231,7 @@ async fn failing_consumer(
     queue: &WorkQueue,
     topic: &str,
     fail: impl Fn(u64) -> Result<(), Nack> + Send + Sync + 'static,
-) -> (eventforge::Consumer, Arc<Mutex<Vec<u64>>>) {
+) -> (eventforge::work::Consumer, Arc<Mutex<Vec<u64>>>) {
     let tries = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&tries);
     let fail = Arc::new(fail);
@@ -546,7 +547,7 @@ pub async fn stats_count_pending_and_in_flight(backends: &Backends) {
     for n in 0..3 {
         queue.enqueue(&topic, n).await.unwrap();
     }
-    let figures = |s: eventforge::WorkStats| (s.pending, s.in_flight, s.acked, s.nacked);
+    let figures = |s: eventforge::work::WorkStats| (s.pending, s.in_flight, s.acked, s.nacked);
     assert_eq!(
         figures(queue.stats(&topic, "default").await.unwrap()),
         (3, 0, 0, 0)
@@ -696,7 +697,7 @@ pub async fn closed_queue_refuses_work(backends: &Backends) {
         .close()
         .await
         .expect("closing a backend is idempotent");
-    let options = eventforge::WorkOptions::default();
+    let options = eventforge::work::WorkOptions::default();
     let job = eventforge::Message::new(topic.as_str(), 1).unwrap();
     assert!(matches!(
         backend.enqueue(&options, job).await,

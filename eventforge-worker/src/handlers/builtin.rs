@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use eventforge_core::rpc::{HandlerError, IncomingCall, Outcome};
+use eventforge_rpc::{HandlerError, IncomingCall, Outcome};
 use serde_json::{json, Value};
 
 /// The built-in handler names, as `--builtin` accepts them.

@@ -9,7 +9,7 @@ pub mod builtin;
 pub mod oneshot;
 pub mod process;
 
-use eventforge_core::rpc::{HandlerError, IncomingCall, Outcome};
+use eventforge_rpc::{HandlerError, IncomingCall, Outcome};
 use serde_json::{json, Value};
 
 pub use builtin::{Builtin, BUILTINS};

@@ -4,7 +4,7 @@
 
 use std::process::Stdio;
 
-use eventforge_core::rpc::{HandlerError, IncomingCall, Outcome};
+use eventforge_rpc::{HandlerError, IncomingCall, Outcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 

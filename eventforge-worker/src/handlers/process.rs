@@ -8,7 +8,7 @@
 use std::process::Stdio;
 use std::sync::Arc;
 
-use eventforge_core::rpc::{HandlerError, IncomingCall, Outcome};
+use eventforge_rpc::{HandlerError, IncomingCall, Outcome};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
