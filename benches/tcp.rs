@@ -12,10 +12,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use eventforge::transports::tcp::{
-    FrameCodec, SlowClientPolicy, TcpClientTransport, TcpServerTransport,
-};
+use eventforge::transports::tcp::{SlowClientPolicy, TcpClientTransport, TcpServerTransport};
 use eventforge::{Message, MessageQueue, Pattern, Transport};
+use eventforge_core::frame::FrameCodec;
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};

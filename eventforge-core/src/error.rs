@@ -34,8 +34,10 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The transport (or queue) was closed; nothing more can be sent or subscribed.
-    #[error("the {0} transport is closed; create a new one to go on")]
+    /// What the call needed (a transport, a queue, a backend) was closed;
+    /// nothing more can be sent, subscribed or awaited through it. The text
+    /// names what was closed ("memory transport", "work queue", ...).
+    #[error("the {0} is closed; create a new one to go on")]
     Closed(&'static str),
 
     /// Nothing arrived before the deadline.

@@ -29,12 +29,15 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod frame;
 pub mod handler;
 pub mod memory;
 pub mod message;
 pub mod queue;
+pub mod reply_waiter;
 pub mod router;
 pub mod subscription;
+pub mod sync;
 pub mod topic;
 pub mod transport;
 
@@ -42,8 +45,9 @@ pub use error::{BoxError, Error, Result};
 pub use handler::{AsyncHandler, HandlerOutput, HandlerReturn, SyncHandler};
 pub use memory::{MemoryTransport, MemoryTransportBuilder};
 pub use message::{new_id, Headers, Message};
-pub use queue::{panic_text, HandlerId, MessageQueue, QueueStats};
-pub use router::{AwaitedReplyGuard, OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
+pub use queue::{HandlerId, MessageQueue, QueueStats};
+pub use reply_waiter::{PendingReply, ReplyWaiters, Waiter};
+pub use router::{OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
 pub use subscription::{Subscription, SubscriptionId};
 pub use topic::{validate_topic, IntoPattern, Pattern, PatternTrie, Segment, MATCH_TABLE};
 pub use transport::{await_reply, prepare_request, Capabilities, Transport, REPLY_PREFIX};

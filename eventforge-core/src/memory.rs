@@ -13,7 +13,7 @@ use crate::message::Message;
 use crate::router::{OverflowPolicy, Router, RouterStats, DEFAULT_BUFFER};
 use crate::subscription::{Subscription, SubscriptionId};
 use crate::topic::Pattern;
-use crate::transport::{prepare_request, Capabilities, Transport};
+use crate::transport::{Capabilities, Transport};
 
 /// An in-process [`Transport`]. Cheap to clone: clones share the same bus.
 ///
@@ -90,7 +90,7 @@ impl MemoryTransport {
 
     fn check_open(&self) -> Result<()> {
         if self.router.is_closed() {
-            Err(Error::Closed("memory"))
+            Err(Error::Closed("memory transport"))
         } else {
             Ok(())
         }
@@ -118,6 +118,7 @@ impl Transport for MemoryTransport {
     }
 
     async fn subscribe(&self, pattern: Pattern) -> Result<Subscription> {
+        self.check_open()?;
         self.router.subscribe(pattern)
     }
 
@@ -127,14 +128,16 @@ impl Transport for MemoryTransport {
 
     async fn request(&self, message: Message, timeout: Duration) -> Result<Arc<Message>> {
         self.check_open()?;
-        let (message, correlation_id) = prepare_request(message);
-        let reply_to = message.reply_to.as_deref().unwrap_or_default();
-        let reply = self.router.await_reply(reply_to, &correlation_id)?;
-        let topic = message.topic.clone();
-        if self.router.route(Arc::new(message)).await? == 0 {
-            return Err(Error::NoResponders { topic });
-        }
-        reply.wait(timeout).await
+        let router = &self.router;
+        router
+            .request(message, timeout, |message| async move {
+                let topic = message.topic.clone();
+                match router.route(Arc::new(message)).await? {
+                    0 => Err(Error::NoResponders { topic }),
+                    _ => Ok(()),
+                }
+            })
+            .await
     }
 
     async fn close(&self) -> Result<()> {

@@ -21,6 +21,7 @@ use crate::handler::HandlerReturn;
 use crate::memory::MemoryTransport;
 use crate::message::Message;
 use crate::subscription::Subscription;
+use crate::sync::panic_text;
 use crate::topic::{validate_topic, IntoPattern, Pattern};
 use crate::transport::Transport;
 
@@ -240,7 +241,7 @@ impl MessageQueue {
         let mut subscription = self.subscribe(pattern).await?;
         match tokio::time::timeout(timeout, subscription.recv()).await {
             Ok(Some(message)) => Ok(message),
-            Ok(None) => Err(Error::Closed(self.inner.transport.name())),
+            Ok(None) => Err(Error::Closed("transport")),
             Err(_) => Err(Error::Timeout {
                 waiting_for: format!("a message on {}", subscription.pattern()),
                 timeout,
@@ -382,16 +383,5 @@ async fn run_handler<F, R, K>(
                 );
             }
         }
-    }
-}
-
-/// The text of a panic payload, when it has one.
-pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        text
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text
-    } else {
-        "non-text panic payload"
     }
 }

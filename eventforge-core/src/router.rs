@@ -6,17 +6,20 @@
 //! [`OverflowPolicy`] when one is full.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::reply_waiter::ReplyWaiters;
 use crate::subscription::{Subscription, SubscriptionId};
+use crate::sync::{read, write};
 use crate::topic::{Pattern, PatternTrie};
+use crate::transport::prepare_request;
 
 /// Default number of messages a subscription buffers before its policy applies.
 pub const DEFAULT_BUFFER: usize = 1024;
@@ -80,11 +83,10 @@ pub struct Router {
     capacity: usize,
     policy: OverflowPolicy,
     closed: AtomicBool,
-    // One-shot routes for replies awaited by `request`, keyed by reply topic:
-    // cheaper than a subscription for a route that lives one round trip.
-    replies: Mutex<HashMap<Box<str>, AwaitedReply>>,
-    // Lets `route` skip the reply table without locking when it is empty.
-    awaited_replies: AtomicUsize,
+    // One-shot routes for replies awaited by `request`, keyed by reply topic
+    // and tagged with the expected correlation id: cheaper than a
+    // subscription for a route that lives one round trip.
+    replies: ReplyWaiters<Box<str>, Arc<Message>, Box<str>>,
     routed: AtomicU64,
     dropped: AtomicU64,
     waited: AtomicU64,
@@ -97,12 +99,6 @@ pub struct Router {
 struct Table {
     trie: PatternTrie<Route>,
     patterns: HashMap<SubscriptionId, Pattern>,
-}
-
-#[derive(Debug)]
-struct AwaitedReply {
-    correlation_id: String,
-    sender: oneshot::Sender<Arc<Message>>,
 }
 
 #[derive(Debug)]
@@ -122,8 +118,7 @@ impl Router {
             capacity: capacity.max(1),
             policy,
             closed: AtomicBool::new(false),
-            replies: Mutex::default(),
-            awaited_replies: AtomicUsize::new(0),
+            replies: ReplyWaiters::new("transport"),
             routed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             waited: AtomicU64::new(0),
@@ -141,7 +136,7 @@ impl Router {
             let mut table = self.write();
             // Checked under the lock so that `close` cannot miss this route.
             if self.is_closed() {
-                return Err(Error::Closed(self.transport));
+                return Err(Error::Closed("transport"));
             }
             table.trie.insert(
                 &pattern,
@@ -213,73 +208,61 @@ impl Router {
         Ok(matched)
     }
 
-    /// Registers a one-shot route for the reply to a request: the first
-    /// message on `reply_topic` whose correlation id is `correlation_id` (or
-    /// that has none) is handed to the returned [`AwaitedReplyGuard`].
+    /// Sends a request through `send` and waits up to `timeout` for its
+    /// reply on a one-shot route of this router: the first message on the
+    /// request's reply topic whose correlation id is the request's (or that
+    /// has none). `reply_to` and `correlation_id` are filled in when
+    /// missing. The route exists before `send` runs, so a fast reply is not
+    /// missed; it is removed however the request ends, so a late reply
+    /// leaks nothing.
     ///
-    /// Fails with [`Error::Closed`] once the router is closed.
-    pub fn await_reply(
+    /// Fails with [`Error::Closed`] once the router is closed, with
+    /// [`Error::Timeout`] when no reply comes in time, and with whatever
+    /// `send` fails with.
+    pub async fn request<F, Fut>(
         &self,
-        reply_topic: &str,
-        correlation_id: &str,
-    ) -> Result<AwaitedReplyGuard> {
-        let (sender, receiver) = oneshot::channel();
-        {
-            let mut replies = self.replies();
-            if self.is_closed() {
-                return Err(Error::Closed(self.transport));
-            }
-            let awaited = AwaitedReply {
-                correlation_id: correlation_id.to_owned(),
-                sender,
-            };
-            if replies.insert(reply_topic.into(), awaited).is_none() {
-                self.awaited_replies.fetch_add(1, Ordering::Release);
-            }
-        }
-        Ok(AwaitedReplyGuard {
-            router: self.this.clone(),
-            topic: reply_topic.into(),
-            receiver,
-        })
+        message: Message,
+        timeout: Duration,
+        send: F,
+    ) -> Result<Arc<Message>>
+    where
+        F: FnOnce(Message) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let (message, correlation_id) = prepare_request(message);
+        let reply_to: Box<str> = message.reply_to.as_deref().unwrap_or_default().into();
+        let reply = self
+            .replies
+            .wait_for_tagged(reply_to.clone(), correlation_id.into())?;
+        send(message).await?;
+        reply
+            .wait(timeout, || format!("a reply on {reply_to}"))
+            .await
     }
 
     // Hands `message` to the request awaiting it, if any.
     fn complete_reply(&self, message: &Arc<Message>) -> bool {
-        if self.awaited_replies.load(Ordering::Acquire) == 0 {
+        if self.replies.is_empty() {
             return false;
         }
-        let mut replies = self.replies();
-        let Some(awaited) = replies.get(message.topic.as_str()) else {
-            return false;
-        };
-        if let Some(got) = message.correlation_id.as_deref() {
-            if got != awaited.correlation_id {
+        let got = message.correlation_id.as_deref();
+        let accept = |expected: &str| match got {
+            Some(got) if got != expected => {
                 tracing::debug!(
                     topic = %message.topic,
-                    expected = %awaited.correlation_id,
+                    expected,
                     got,
                     "skipping a reply for another request"
                 );
-                return false;
+                false
             }
-        }
-        let awaited = replies
-            .remove(message.topic.as_str())
-            .expect("entry seen under the same lock");
-        self.awaited_replies.fetch_sub(1, Ordering::Release);
-        // An error means the requester gave up meanwhile: the reply is dropped.
-        awaited.sender.send(Arc::clone(message)).is_ok()
-    }
-
-    fn forget_reply(&self, topic: &str) {
-        if self.replies().remove(topic).is_some() {
-            self.awaited_replies.fetch_sub(1, Ordering::Release);
-        }
-    }
-
-    fn replies(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, AwaitedReply>> {
-        self.replies.lock().unwrap_or_else(PoisonError::into_inner)
+            _ => true,
+        };
+        self.replies.complete_if(
+            message.topic.as_str(),
+            |expected| accept(expected),
+            Arc::clone(message),
+        )
     }
 
     fn record_drop(&self, route: &Route, message: &Message) {
@@ -335,10 +318,7 @@ impl Router {
         self.closed.store(true, Ordering::Release);
         *table = Table::default();
         drop(table);
-        let mut replies = self.replies();
-        self.awaited_replies
-            .fetch_sub(replies.len(), Ordering::Release);
-        replies.clear();
+        self.replies.close();
     }
 
     /// True once [`close`](Self::close) has been called.
@@ -347,48 +327,10 @@ impl Router {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
-        self.table.read().unwrap_or_else(PoisonError::into_inner)
+        read(&self.table)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
-        self.table.write().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A reply awaited through [`Router::await_reply`]. Dropping it (after a
-/// timeout, say) removes the route, so a late reply leaks nothing.
-#[derive(Debug)]
-pub struct AwaitedReplyGuard {
-    router: Weak<Router>,
-    topic: Box<str>,
-    receiver: oneshot::Receiver<Arc<Message>>,
-}
-
-impl AwaitedReplyGuard {
-    /// Waits up to `timeout` for the reply.
-    ///
-    /// Fails with [`Error::Timeout`] when none comes in time, and with
-    /// [`Error::Closed`] when the router closes first.
-    pub async fn wait(mut self, timeout: Duration) -> Result<Arc<Message>> {
-        match tokio::time::timeout(timeout, &mut self.receiver).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(Error::Closed(
-                self.router
-                    .upgrade()
-                    .map_or("closed", |router| router.transport),
-            )),
-            Err(_) => Err(Error::Timeout {
-                waiting_for: format!("a reply on {}", self.topic),
-                timeout,
-            }),
-        }
-    }
-}
-
-impl Drop for AwaitedReplyGuard {
-    fn drop(&mut self) {
-        if let Some(router) = self.router.upgrade() {
-            router.forget_reply(&self.topic);
-        }
+        write(&self.table)
     }
 }

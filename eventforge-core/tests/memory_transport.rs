@@ -181,15 +181,15 @@ async fn close_is_idempotent_ends_streams_and_refuses_new_work() {
     assert!(sub.recv().await.is_none());
     assert!(matches!(
         transport.send(msg("c", 2)).await,
-        Err(Error::Closed("memory"))
+        Err(Error::Closed("memory transport"))
     ));
     assert!(matches!(
         transport.subscribe(Pattern::parse("c").unwrap()).await,
-        Err(Error::Closed("memory"))
+        Err(Error::Closed("memory transport"))
     ));
     assert!(matches!(
         transport.request(msg("c", 3), Duration::from_secs(1)).await,
-        Err(Error::Closed("memory"))
+        Err(Error::Closed("memory transport"))
     ));
 }
 

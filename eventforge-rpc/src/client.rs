@@ -5,7 +5,7 @@
 //! `_rpc_reply.<request id>`, exactly as a Python eventforge client does.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +22,7 @@ use crate::wire::{
 use eventforge_core::error::Error;
 use eventforge_core::message::Message;
 use eventforge_core::queue::MessageQueue;
+use eventforge_core::sync::lock;
 use eventforge_core::transport::Transport;
 
 /// The per-call deadline when none is given.
@@ -402,7 +403,7 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<Arc<Message>, Error> {
         if self.transport.is_closed() {
-            return Err(Error::Closed(self.transport.name()));
+            return Err(Error::Closed("transport"));
         }
         if self.transport.has_subscribers(&message.topic) == Some(false) {
             return Err(Error::NoResponders {
@@ -411,16 +412,13 @@ impl RpcClient {
         }
         let demux = self.demux().await?;
         // Registered before sending, so that even an immediate reply finds its call.
-        let (_waiting, reply) = demux.wait_for(request_id);
+        let reply = demux.wait_for(request_id)?;
         self.transport.send(message).await?;
-        match tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(Error::Closed(self.transport.name())),
-            Err(_) => Err(Error::Timeout {
-                waiting_for: format!("a reply on {RPC_REPLY_PREFIX}{request_id}"),
-                timeout,
-            }),
-        }
+        reply
+            .wait(timeout, || {
+                format!("a reply on {RPC_REPLY_PREFIX}{request_id}")
+            })
+            .await
     }
 
     async fn demux(&self) -> Result<Arc<ReplyDemux>, Error> {
@@ -465,10 +463,6 @@ impl RpcResponse {
     pub fn deserialize_from(payload: &Value) -> Result<Self, serde_json::Error> {
         serde::Deserialize::deserialize(payload)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

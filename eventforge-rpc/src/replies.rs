@@ -6,14 +6,15 @@
 //! reply to its waiting call by request id ([`ReplyRouting::Shared`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::wire::RPC_REPLY_PREFIX;
 use eventforge_core::error::Result;
 use eventforge_core::message::Message;
+use eventforge_core::reply_waiter::{PendingReply, ReplyWaiters};
+use eventforge_core::sync::lock;
 use eventforge_core::topic::Pattern;
 use eventforge_core::transport::Transport;
 
@@ -53,12 +54,10 @@ impl ReplyRouting {
     }
 }
 
-type Waiters = Mutex<HashMap<String, oneshot::Sender<Arc<Message>>>>;
-
 /// The shared `_rpc_reply.*` subscription of one transport and the calls
 /// waiting on it.
 pub(crate) struct ReplyDemux {
-    waiters: Arc<Waiters>,
+    waiters: ReplyWaiters<String, Arc<Message>>,
     // Reads the subscription; aborted when the last client lets go.
     task: JoinHandle<()>,
 }
@@ -66,19 +65,6 @@ pub(crate) struct ReplyDemux {
 impl Drop for ReplyDemux {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// A call's place in the demux; dropping it (a timeout, a cancelled call)
-/// removes the entry so a late reply finds nobody and nothing is kept.
-pub(crate) struct Waiting<'a> {
-    waiters: &'a Waiters,
-    request_id: String,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        lock(self.waiters).remove(&self.request_id);
     }
 }
 
@@ -94,8 +80,8 @@ impl ReplyDemux {
         }
         let pattern = Pattern::parse(&format!("{RPC_REPLY_PREFIX}*"))?;
         let mut subscription = transport.subscribe(pattern).await?;
-        let waiters: Arc<Waiters> = Arc::default();
-        let routing = Arc::clone(&waiters);
+        let waiters = ReplyWaiters::new("transport");
+        let routing = waiters.clone();
         let keep_alive = Arc::clone(transport);
         let task = tokio::spawn(async move {
             let _transport = keep_alive;
@@ -103,9 +89,11 @@ impl ReplyDemux {
                 let Some(request_id) = reply.topic.strip_prefix(RPC_REPLY_PREFIX) else {
                     continue;
                 };
-                match lock(&routing).remove(request_id) {
+                match routing.take(request_id) {
+                    // The reply moves to its call: the only holder left, the
+                    // call can take its payload without a copy.
                     Some(waiter) => {
-                        let _ = waiter.send(reply);
+                        waiter.send(reply);
                     }
                     None => tracing::trace!(
                         request_id,
@@ -113,8 +101,8 @@ impl ReplyDemux {
                     ),
                 }
             }
-            // The transport closed: waiting calls see their sender dropped.
-            lock(&routing).clear();
+            // The transport closed: waiting calls end with Error::Closed.
+            routing.close();
         });
         let demux = Arc::new(ReplyDemux { waiters, task });
         let mut registry = registry();
@@ -143,25 +131,16 @@ impl ReplyDemux {
         !self.task.is_finished()
     }
 
-    /// Registers a call before its request is sent.
-    pub(crate) fn wait_for(
-        &self,
-        request_id: &str,
-    ) -> (Waiting<'_>, oneshot::Receiver<Arc<Message>>) {
-        let (sender, receiver) = oneshot::channel();
-        lock(&self.waiters).insert(request_id.to_owned(), sender);
-        (
-            Waiting {
-                waiters: &self.waiters,
-                request_id: request_id.to_owned(),
-            },
-            receiver,
-        )
+    /// Registers a call before its request is sent; dropping what it
+    /// returns (a timeout, a cancelled call) forgets the call, so a late
+    /// reply finds nobody and nothing is kept.
+    pub(crate) fn wait_for(&self, request_id: &str) -> Result<PendingReply<String, Arc<Message>>> {
+        self.waiters.wait_for(request_id.to_owned())
     }
 
     /// Calls waiting for a reply.
     pub(crate) fn waiting(&self) -> usize {
-        lock(&self.waiters).len()
+        self.waiters.len()
     }
 }
 
@@ -169,8 +148,4 @@ fn registry() -> std::sync::MutexGuard<'static, HashMap<usize, Weak<ReplyDemux>>
     static REGISTRY: LazyLock<Mutex<HashMap<usize, Weak<ReplyDemux>>>> =
         LazyLock::new(Mutex::default);
     lock(&REGISTRY)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 // tokio's clock, so that a paused test clock drives cool-downs too.
@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::args::IntoArgs;
 use crate::client::{call_typed, CallBuilder, RpcCall, RpcCaller, RpcClient};
 use crate::error::RpcError;
+use eventforge_core::sync::lock;
 
 /// How long a member that failed as unreachable is skipped by default.
 pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
@@ -209,8 +210,4 @@ impl<C: RpcCaller> RpcCaller for RoundRobinRpcClient<C> {
             .iter()
             .any(|member| member.caller.is_available())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::FutureExt;
 use serde_json::Value;
@@ -24,8 +24,10 @@ use crate::wire::{
 };
 use eventforge_core::error::Result;
 use eventforge_core::message::Message;
-use eventforge_core::queue::{panic_text, MessageQueue};
+use eventforge_core::queue::MessageQueue;
 use eventforge_core::subscription::SubscriptionId;
+use eventforge_core::sync::panic_text;
+use eventforge_core::sync::{lock, read, write};
 use eventforge_core::topic::Pattern;
 
 /// Requests handled at once when nothing else is set.
@@ -402,16 +404,4 @@ impl RpcRequest {
     pub fn deserialize_from(payload: &Value) -> std::result::Result<Self, serde_json::Error> {
         serde::Deserialize::deserialize(payload)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
 }

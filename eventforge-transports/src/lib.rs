@@ -13,7 +13,7 @@
 //! jobs in NATS JetStream (an `eventforge_work::WorkBackend`).
 //!
 //! The TCP transport (feature `tcp`) is in `tcp`: `tcp::TcpServerTransport`,
-//! `tcp::TcpClientTransport`, the frame codec `tcp::FrameCodec` and the
+//! `tcp::TcpClientTransport` and the
 //! push-only switchboard `tcp::RemoteQueue`.
 //!
 //! Each broker transport (`redis::RedisTransport`, `nats::NatsTransport`)

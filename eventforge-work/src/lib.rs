@@ -81,6 +81,7 @@ pub use memory::MemoryWorkBackend;
 use eventforge_core::error::{BoxError, Error, Result};
 use eventforge_core::message::Message;
 use eventforge_core::queue::MessageQueue;
+use eventforge_core::sync::panic_text;
 use eventforge_core::topic::validate_topic;
 
 /// Header: failed tries before this delivery (0 on the first).
@@ -1233,16 +1234,6 @@ fn retry_action(delay: Duration) -> Nack {
         Nack::Requeue
     } else {
         Nack::Delay(delay)
-    }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a non-text panic".to_owned()
     }
 }
 

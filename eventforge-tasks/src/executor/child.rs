@@ -1,14 +1,17 @@
 //! The child side of [`ExecutorMode::Process`](super::ExecutorMode::Process)
 //! and the frames both sides exchange over the child's stdin and stdout.
 //!
-//! A frame is `b"\0EFX"`, a 4-byte big-endian length, then that many bytes of
-//! JSON. The marker lets the parent skip whatever a task prints to stdout
-//! itself (it is passed on to the parent's stderr) instead of losing sync.
+//! A frame is `b"\0EFX"` followed by the kernel's length-prefixed JSON frame
+//! ([`FrameCodec`]). The marker lets the parent skip whatever a task prints
+//! to stdout itself (it is passed on to the parent's stderr) instead of
+//! losing sync.
 
 use std::io::{self, BufRead, Write};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use eventforge_core::frame::FrameCodec;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -48,15 +51,15 @@ pub(crate) struct ChildReply {
     pub(crate) exiting: bool,
 }
 
-pub(crate) fn write_frame(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
-    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let length = u32::try_from(body.len())
-        .ok()
-        .filter(|n| (*n as usize) <= MAX_FRAME)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
-    let mut frame = Vec::with_capacity(8 + body.len());
+fn codec<T>() -> FrameCodec<T> {
+    FrameCodec::json_with_max_frame(MAX_FRAME)
+}
+
+/// Writes the marker and one frame of `value`, in one write, and flushes.
+pub(crate) fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> io::Result<()> {
+    let body = codec::<T>().encode_frame(value)?;
+    let mut frame = Vec::with_capacity(MAGIC.len() + body.len());
     frame.extend_from_slice(&MAGIC);
-    frame.extend_from_slice(&length.to_be_bytes());
     frame.extend_from_slice(&body);
     out.write_all(&frame)?;
     out.flush()
@@ -64,10 +67,10 @@ pub(crate) fn write_frame(out: &mut impl Write, value: &impl Serialize) -> io::R
 
 /// Reads the next frame; bytes before its marker go to `stray`. `Ok(None)`
 /// on end of stream before a marker.
-pub(crate) fn read_frame(
+pub(crate) fn read_frame<T: DeserializeOwned>(
     input: &mut impl BufRead,
     stray: &mut impl Write,
-) -> io::Result<Option<Vec<u8>>> {
+) -> io::Result<Option<T>> {
     let mut matched = 0;
     let mut byte = [0u8; 1];
     while matched < MAGIC.len() {
@@ -87,18 +90,13 @@ pub(crate) fn read_frame(
             }
         }
     }
-    let mut length = [0u8; 4];
-    input.read_exact(&mut length)?;
-    let length = u32::from_be_bytes(length) as usize;
-    if length > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {length} bytes is over the {MAX_FRAME} byte limit"),
-        ));
+    match codec::<T>().read_from(input)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the stream ended right after a frame marker",
+        )),
     }
-    let mut body = vec![0u8; length];
-    input.read_exact(&mut body)?;
-    Ok(Some(body))
 }
 
 /// Serves executor tasks and exits when this process was started as an
@@ -139,9 +137,7 @@ pub fn run_child_if_requested(registry: &FunctionRegistry) {
 
 fn serve_child(registry: &FunctionRegistry, input: &mut impl BufRead) -> io::Result<()> {
     let mut stray = io::stderr();
-    while let Some(frame) = read_frame(input, &mut stray)? {
-        let request: ChildRequest = serde_json::from_slice(&frame)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    while let Some(request) = read_frame::<ChildRequest>(input, &mut stray)? {
         let reply = run_task(registry, request);
         let exiting = reply.exiting;
         write_frame(&mut io::stdout().lock(), &reply)?;
@@ -178,7 +174,7 @@ fn run_task(registry: &FunctionRegistry, request: ChildRequest) -> ChildReply {
             reply.error = Some(format!(
                 "{}() panicked: {}",
                 request.function,
-                eventforge_core::panic_text(&*panic)
+                eventforge_core::sync::panic_text(&*panic)
             ));
             reply.error_type = Some("Panic".to_owned());
             // State touched by the panic may be broken: a fresh child takes over.
@@ -205,10 +201,12 @@ mod tests {
         wire.extend_from_slice(b"more noise");
         let mut stray = Vec::new();
         let mut input = io::Cursor::new(wire);
-        let frame = read_frame(&mut input, &mut stray).unwrap().unwrap();
-        assert_eq!(serde_json::from_slice::<Value>(&frame).unwrap()["a"], 1);
+        let frame: Value = read_frame(&mut input, &mut stray).unwrap().unwrap();
+        assert_eq!(frame["a"], 1);
         assert_eq!(stray, b"hello from a task\n\0E");
-        assert!(read_frame(&mut input, &mut stray).unwrap().is_none());
+        assert!(read_frame::<Value>(&mut input, &mut stray)
+            .unwrap()
+            .is_none());
         assert!(stray.ends_with(b"more noise"));
     }
 
@@ -216,7 +214,7 @@ mod tests {
     fn an_oversized_length_is_refused_without_allocating_it() {
         let mut wire = MAGIC.to_vec();
         wire.extend_from_slice(&u32::MAX.to_be_bytes());
-        let err = read_frame(&mut io::Cursor::new(wire), &mut Vec::new()).unwrap_err();
+        let err = read_frame::<Value>(&mut io::Cursor::new(wire), &mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

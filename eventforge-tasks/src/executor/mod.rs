@@ -23,7 +23,7 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -33,6 +33,7 @@ pub use child::{run_child_if_requested, CHILD_ENV};
 pub use registry::{FunctionRegistry, TaskFailure};
 pub use result::{TaskResult, TaskStatus};
 
+use eventforge_core::sync::lock;
 use process::{ChildSpec, ProcessJob, ProcessPool};
 use store::{ResultStore, TaskCell};
 use thread::ThreadPool;
@@ -600,13 +601,12 @@ fn execute(
         Err(panic) => TaskResult::failed(
             task_id,
             "Panic",
-            format!("task panicked: {}", eventforge_core::panic_text(&*panic)),
+            format!(
+                "task panicked: {}",
+                eventforge_core::sync::panic_text(&*panic)
+            ),
             elapsed,
             Some(worker_id.to_owned()),
         ),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

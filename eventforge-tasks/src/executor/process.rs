@@ -224,10 +224,8 @@ impl ChildWorker {
             input: job.input.clone(),
         };
         write_frame(&mut self.stdin, &request)?;
-        let frame = read_frame(&mut self.stdout, &mut io::stderr())?.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "child closed its stdout")
-        })?;
-        serde_json::from_slice(&frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        read_frame(&mut self.stdout, &mut io::stderr())?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "child closed its stdout"))
     }
 
     /// Ends a healthy child: closing its stdin makes it exit.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::result::TaskResult;
+use eventforge_core::sync::lock;
 
 /// One task's slot: empty until its result is written.
 pub(crate) struct TaskCell {
@@ -183,8 +184,4 @@ impl ResultStore {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

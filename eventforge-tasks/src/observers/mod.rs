@@ -32,7 +32,7 @@ pub use reporter::{Summary, SummaryReporting, SummaryStats, TracingReporter};
 pub use timing::TimingMeter;
 
 use crate::context::TaskContext;
-use eventforge_core::panic_text;
+use eventforge_core::sync::panic_text;
 
 /// Watches the calls of a task. Every hook has an empty default, so an
 /// observer implements only what it needs.

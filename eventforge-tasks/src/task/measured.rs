@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 
 use super::TaskFunction;
 use crate::observers::{allocated_bytes_on_this_thread, thread_cpu_time, Measures};
-use eventforge_core::panic_text;
+use eventforge_core::sync::panic_text;
 use eventforge_rpc::wire::PANIC;
 use eventforge_rpc::{HandlerError, IncomingCall, Outcome};
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use eventforge_core::{
-    new_id, prepare_request, Capabilities, Error, Message, OverflowPolicy, Pattern, Result, Router,
-    RouterStats, Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
+    new_id, Capabilities, Error, Message, OverflowPolicy, Pattern, Result, Router, RouterStats,
+    Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
 };
 use futures::StreamExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -27,12 +27,12 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use super::codec::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
 use super::control;
 use super::error::TcpError;
 use super::lock;
 use super::writer::write_frames;
 use super::READ_BUFFER;
+use eventforge_core::frame::{FrameCodec, DEFAULT_MAX_FRAME};
 
 /// Name of this transport in errors and logs.
 const NAME: &str = "tcp";
@@ -306,13 +306,6 @@ struct Session {
     abort: CancellationToken,
 }
 
-fn frame_to_io(error: FrameError) -> std::io::Error {
-    match error {
-        FrameError::Io(error) => error,
-        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
-    }
-}
-
 /// Opens one connection, learns whether the server filters, declares the
 /// current subscriptions and installs the link.
 async fn establish(shared: &Arc<Shared>) -> std::io::Result<Session> {
@@ -330,7 +323,7 @@ async fn establish(shared: &Arc<Shared>) -> std::io::Result<Session> {
             early = Some(first);
             false
         }
-        Ok(Some(Err(error))) => return Err(frame_to_io(error)),
+        Ok(Some(Err(error))) => return Err(error.into()),
         Ok(None) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -348,7 +341,7 @@ async fn establish(shared: &Arc<Shared>) -> std::io::Result<Session> {
             let frame = shared
                 .codec
                 .encode_frame(&declaration)
-                .map_err(frame_to_io)?;
+                .map_err(std::io::Error::from)?;
             // The queue is new and empty: the declaration goes out first.
             let _ = outbound.try_send(frame);
         }
@@ -636,11 +629,10 @@ impl Transport for TcpClientTransport {
     /// the server sends the reply back to this connection without any
     /// subscription being declared.
     async fn request(&self, message: Message, timeout: Duration) -> Result<Arc<Message>> {
-        let (message, correlation_id) = prepare_request(message);
-        let reply_to = message.reply_to.clone().unwrap_or_default();
-        let reply = self.shared.router.await_reply(&reply_to, &correlation_id)?;
-        self.send(message).await?;
-        reply.wait(timeout).await
+        self.shared
+            .router
+            .request(message, timeout, |message| self.send(message))
+            .await
     }
 
     /// Subscribes locally and declares the pattern to the server; returns

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::codec::FrameError;
+use eventforge_core::frame::FrameError;
 
 /// What can go wrong on a TCP link.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
 //! TCP: the remote column of the 2x2 without a broker, a point-to-point link
 //! that Python eventforge peers speak too.
 //!
-//! - [`FrameCodec`]: `[u32 big-endian length][JSON Message]` frames, with a
-//!   size limit checked before allocating.
+//! - Frames are `[u32 big-endian length][JSON Message]`, read and written
+//!   by the kernel's [`FrameCodec`](eventforge_core::frame::FrameCodec),
+//!   with a size limit checked before allocating.
 //! - [`TcpServerTransport`] and [`TcpClientTransport`]: both implement
 //!   [`Transport`](eventforge_core::Transport), so a
 //!   [`MessageQueue`](eventforge_core::MessageQueue) (and RPC on it) runs on
@@ -16,7 +17,6 @@
 //! queue is bounded; bad input from one connection drops that connection
 //! only.
 
-pub mod codec;
 pub mod control;
 pub mod error;
 pub mod remote_queue;
@@ -26,26 +26,11 @@ mod server;
 mod writer;
 
 pub use client::{ClientStats, TcpClientBuilder, TcpClientTransport};
-pub use codec::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
 pub use error::{RemoteQueueError, TcpError};
 pub use remote_queue::RemoteQueue;
 pub use server::{ServerStats, SlowClientPolicy, TcpServerBuilder, TcpServerTransport};
 
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-
-// A panic while a lock is held leaves plain data behind (maps, counters):
-// carrying on with it beats poisoning every later call.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
+use eventforge_core::sync::{lock, read as read_lock, write as write_lock};
 
 /// Initial read buffer of a connection: one read takes in hundreds of small
 /// frames under load.

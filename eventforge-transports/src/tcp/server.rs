@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use eventforge_core::{
-    prepare_request, Capabilities, Error, Message, OverflowPolicy, Pattern, PatternTrie, Result,
-    Router, RouterStats, Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
+    Capabilities, Error, Message, OverflowPolicy, Pattern, PatternTrie, Result, Router,
+    RouterStats, Subscription, SubscriptionId, Transport, DEFAULT_BUFFER,
 };
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -26,12 +26,12 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use super::codec::{FrameCodec, DEFAULT_MAX_FRAME};
 use super::control;
 use super::error::TcpError;
 use super::writer::write_frames;
 use super::READ_BUFFER;
 use super::{lock, read_lock, write_lock};
+use eventforge_core::frame::{FrameCodec, DEFAULT_MAX_FRAME};
 
 /// Name of this transport in errors and logs.
 const NAME: &str = "tcp";
@@ -753,11 +753,10 @@ impl Transport for TcpServerTransport {
     /// Sends a request to the clients (and local subscribers) and waits for
     /// its reply on a one-shot local route.
     async fn request(&self, message: Message, timeout: Duration) -> Result<Arc<Message>> {
-        let (message, correlation_id) = prepare_request(message);
-        let reply_to = message.reply_to.clone().unwrap_or_default();
-        let reply = self.shared.router.await_reply(&reply_to, &correlation_id)?;
-        self.send(message).await?;
-        reply.wait(timeout).await
+        self.shared
+            .router
+            .request(message, timeout, |message| self.send(message))
+            .await
     }
 
     async fn subscribe(&self, pattern: Pattern) -> Result<Subscription> {

@@ -1,6 +1,7 @@
 //! Long-lived handler processes: a pool of children per method, each
 //! answering one call at a time over length-prefixed JSON frames on its
-//! stdin/stdout (a 4-byte big-endian length, then that many bytes of JSON).
+//! stdin/stdout (a 4-byte big-endian length, then that many bytes of JSON:
+//! the kernel's [`FrameCodec`]).
 //!
 //! A child that dies (or breaks the framing) fails the call it was
 //! answering and is replaced at once, so the pool keeps its size.
@@ -8,11 +9,13 @@
 use std::process::Stdio;
 use std::sync::Arc;
 
+use eventforge_core::frame::FrameCodec;
 use eventforge_rpc::{HandlerError, IncomingCall, Outcome};
+use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::{read_answer, request_json, MAX_ANSWER};
 use crate::error::WorkerError;
@@ -39,11 +42,11 @@ struct Job {
     answer: oneshot::Sender<Outcome>,
 }
 
-/// One running child and its pipes.
+/// One running child and its pipes, framed.
 struct RunningChild {
     child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    requests: FramedWrite<ChildStdin, FrameCodec<Value>>,
+    answers: FramedRead<ChildStdout, FrameCodec<Value>>,
 }
 
 impl ProcessPool {
@@ -109,10 +112,12 @@ fn spawn(command: &str) -> std::io::Result<RunningChild> {
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(std::io::Error::other("child pipes missing"));
     };
+    // A runaway program cannot make the worker allocate without bound.
+    let codec = FrameCodec::json_with_max_frame(MAX_ANSWER);
     Ok(RunningChild {
         child,
-        stdin,
-        stdout: BufReader::new(stdout),
+        requests: FramedWrite::new(stdin, codec),
+        answers: FramedRead::new(stdout, codec),
     })
 }
 
@@ -220,20 +225,12 @@ async fn exit_of(worker: &mut Option<RunningChild>) -> std::io::Result<std::proc
 
 /// Sends one request frame and reads one answer frame.
 async fn exchange(worker: &mut RunningChild, request: &Value) -> std::io::Result<Value> {
-    let body = serde_json::to_vec(request).map_err(std::io::Error::other)?;
-    let length = u32::try_from(body.len()).map_err(std::io::Error::other)?;
-    worker.stdin.write_all(&length.to_be_bytes()).await?;
-    worker.stdin.write_all(&body).await?;
-    worker.stdin.flush().await?;
-    let mut header = [0u8; 4];
-    worker.stdout.read_exact(&mut header).await?;
-    let length = u32::from_be_bytes(header) as usize;
-    if length > MAX_ANSWER {
-        return Err(std::io::Error::other(format!(
-            "answer frame of {length} bytes exceeds {MAX_ANSWER}"
-        )));
+    worker.requests.send(request).await?;
+    match worker.answers.next().await {
+        Some(answer) => Ok(answer?),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the handler process closed its stdout",
+        )),
     }
-    let mut body = vec![0u8; length];
-    worker.stdout.read_exact(&mut body).await?;
-    serde_json::from_slice(&body).map_err(std::io::Error::other)
 }

@@ -1,19 +1,28 @@
-//! The TCP frame: `[u32 big-endian length][JSON Message]`.
+//! The length-prefixed frame: `[u32 big-endian length][JSON]`.
 //!
-//! The wire of the remote column of the 2x2 when no broker sits in between:
-//! one [`Message`] per frame, byte for byte what the Python eventforge
-//! writes. [`FrameCodec`] plugs into tokio-util's `Framed`/`FramedRead`, and
-//! refuses a frame above its limit *before* allocating for it.
+//! The one framing of eventforge's byte streams: the TCP transport's wire
+//! (one [`Message`] per frame, byte for byte what the Python eventforge
+//! writes), and the pipes to child processes (executor children, worker
+//! handler programs), which carry other JSON values. [`FrameCodec`] plugs
+//! into tokio-util's `Framed`/`FramedRead`, reads and writes blocking pipes
+//! ([`read_from`](FrameCodec::read_from), [`write_to`](FrameCodec::write_to)),
+//! and refuses a frame above its limit *before* allocating for it.
+
+use std::io::{Read, Write};
+use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use eventforge_core::Message;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
+
+use crate::message::Message;
 
 /// Largest frame accepted by default: 16 MiB of JSON.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Bytes of the length prefix.
-const PREFIX: usize = 4;
+pub const PREFIX: usize = 4;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +49,8 @@ pub enum FrameError {
     #[error("frame is not valid JSON: {0}")]
     InvalidJson(#[source] serde_json::Error),
 
-    /// The frame is JSON, but not a Message (no `topic`, a field of the wrong type).
+    /// The frame is JSON, but not what it should hold (a Message without
+    /// `topic`, a field of the wrong type).
     #[error("frame is JSON but not a message: {0}")]
     NotAMessage(#[source] serde_json::Error),
 
@@ -55,27 +65,32 @@ pub enum FrameError {
         received: usize,
     },
 
-    /// A message could not be serialised.
-    #[error("could not encode message {id}: {source}")]
-    Encode {
-        /// Id of the message.
-        id: String,
-        /// The serde error.
-        #[source]
-        source: serde_json::Error,
-    },
+    /// A value could not be serialised as JSON.
+    #[error("could not encode a frame as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
 
     /// The socket failed.
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Reads and writes length-prefixed JSON [`Message`] frames.
+impl From<FrameError> for std::io::Error {
+    /// The socket's own error as is; anything else as `InvalidData`.
+    fn from(error: FrameError) -> Self {
+        match error {
+            FrameError::Io(error) => error,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+        }
+    }
+}
+
+/// Reads and writes length-prefixed JSON frames of `T`: [`Message`]s on
+/// the TCP wire (the default), any serde type on a pipe.
 ///
 /// ```
 /// use bytes::BytesMut;
+/// use eventforge_core::frame::FrameCodec;
 /// use eventforge_core::Message;
-/// use eventforge_transports::tcp::FrameCodec;
 /// use tokio_util::codec::{Decoder, Encoder};
 ///
 /// let mut codec = FrameCodec::new();
@@ -84,13 +99,36 @@ pub enum FrameError {
 /// codec.encode(&sent, &mut wire)?;
 /// assert_eq!(&wire[..4], (wire.len() as u32 - 4).to_be_bytes());
 /// assert_eq!(codec.decode(&mut wire)?, Some(sent));
+///
+/// // Other values over a blocking pipe.
+/// let json = FrameCodec::<serde_json::Value>::json();
+/// let mut pipe = Vec::new();
+/// json.write_to(&mut pipe, &serde_json::json!({"n": 1}))?;
+/// assert_eq!(json.read_from(&mut pipe.as_slice())?, Some(serde_json::json!({"n": 1})));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Copy)]
-pub struct FrameCodec {
+pub struct FrameCodec<T = Message> {
     // Caps both what a peer can make us allocate and what we send.
     max_frame: usize,
+    // What the frames hold; `fn() -> T` keeps the codec Send and Sync for any T.
+    frames_of: PhantomData<fn() -> T>,
 }
+
+impl<T> std::fmt::Debug for FrameCodec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameCodec")
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+impl<T> Clone for FrameCodec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for FrameCodec<T> {}
 
 impl Default for FrameCodec {
     fn default() -> Self {
@@ -99,16 +137,30 @@ impl Default for FrameCodec {
 }
 
 impl FrameCodec {
-    /// A codec with the default limit ([`DEFAULT_MAX_FRAME`]).
+    /// A codec of [`Message`] frames with the default limit ([`DEFAULT_MAX_FRAME`]).
     pub fn new() -> Self {
         Self::with_max_frame(DEFAULT_MAX_FRAME)
     }
 
-    /// A codec refusing frames whose JSON is longer than `max_frame` bytes
-    /// (capped at `u32::MAX`, the most a prefix can say).
+    /// A codec of [`Message`] frames refusing frames whose JSON is longer
+    /// than `max_frame` bytes (capped at `u32::MAX`, the most a prefix can say).
     pub fn with_max_frame(max_frame: usize) -> Self {
+        Self::json_with_max_frame(max_frame)
+    }
+}
+
+impl<T> FrameCodec<T> {
+    /// A codec of frames of `T` with the default limit ([`DEFAULT_MAX_FRAME`]).
+    pub fn json() -> Self {
+        Self::json_with_max_frame(DEFAULT_MAX_FRAME)
+    }
+
+    /// A codec of frames of `T` refusing frames whose JSON is longer than
+    /// `max_frame` bytes (capped at `u32::MAX`).
+    pub fn json_with_max_frame(max_frame: usize) -> Self {
         FrameCodec {
             max_frame: max_frame.min(u32::MAX as usize),
+            frames_of: PhantomData,
         }
     }
 
@@ -117,20 +169,40 @@ impl FrameCodec {
         self.max_frame
     }
 
-    /// Encodes `message` as one complete frame, ready to be written as is
+    /// The body length a frame's prefix announces, or
+    /// [`FrameError::TooLarge`] when it is over the limit (nothing is
+    /// allocated for it then).
+    pub fn body_length(&self, prefix: [u8; PREFIX]) -> Result<usize, FrameError> {
+        let length = u32::from_be_bytes(prefix) as usize;
+        if length > self.max_frame {
+            return Err(FrameError::TooLarge {
+                length,
+                max: self.max_frame,
+            });
+        }
+        Ok(length)
+    }
+}
+
+impl<T: Serialize> FrameCodec<T> {
+    /// Encodes `value` as one complete frame, ready to be written as is
     /// (to one connection or shared by many).
-    pub fn encode_frame(&self, message: &Message) -> Result<Bytes, FrameError> {
+    pub fn encode_frame(&self, value: &T) -> Result<Bytes, FrameError> {
         // A Vec takes serde_json's many small writes faster than a BytesMut,
         // and becomes `Bytes` without a copy.
         let mut frame = Vec::with_capacity(256);
         frame.extend_from_slice(&[0; PREFIX]);
-        serde_json::to_writer(&mut frame, message).map_err(|source| FrameError::Encode {
-            id: message.id.clone(),
-            source,
-        })?;
+        serde_json::to_writer(&mut frame, value).map_err(FrameError::Encode)?;
         let length = self.check_length(frame.len() - PREFIX)?;
         frame[..PREFIX].copy_from_slice(&length.to_be_bytes());
         Ok(Bytes::from(frame))
+    }
+
+    /// Writes `value` as one frame to a blocking writer (a pipe) and flushes.
+    pub fn write_to(&self, out: &mut impl Write, value: &T) -> Result<(), FrameError> {
+        out.write_all(&self.encode_frame(value)?)?;
+        out.flush()?;
+        Ok(())
     }
 
     /// The length as a prefix, or [`FrameError::TooLarge`].
@@ -145,17 +217,14 @@ impl FrameCodec {
         Ok(length as u32)
     }
 
-    fn encode_into(&self, message: &Message, dst: &mut BytesMut) -> Result<(), FrameError> {
+    fn encode_into(&self, value: &T, dst: &mut BytesMut) -> Result<(), FrameError> {
         let start = dst.len();
         dst.put_u32(0);
-        let written = serde_json::to_writer((&mut *dst).writer(), message);
+        let written = serde_json::to_writer((&mut *dst).writer(), value);
         let length = dst.len() - start - PREFIX;
         if let Err(source) = written {
             dst.truncate(start);
-            return Err(FrameError::Encode {
-                id: message.id.clone(),
-                source,
-            });
+            return Err(FrameError::Encode(source));
         }
         let length = match self.check_length(length) {
             Ok(length) => length,
@@ -169,9 +238,52 @@ impl FrameCodec {
     }
 }
 
-/// Parses one frame's bytes into a message, telling bad text, bad JSON and
-/// JSON that is not a message apart.
-pub fn parse_frame(bytes: &[u8]) -> Result<Message, FrameError> {
+impl<T: DeserializeOwned> FrameCodec<T> {
+    /// Reads one frame from a blocking reader (a pipe): `Ok(None)` when the
+    /// stream ends before a frame starts, [`FrameError::Truncated`] when it
+    /// ends inside one.
+    pub fn read_from(&self, input: &mut impl Read) -> Result<Option<T>, FrameError> {
+        let mut prefix = [0u8; PREFIX];
+        let got = read_full(input, &mut prefix)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < PREFIX {
+            return Err(FrameError::Truncated {
+                expected: PREFIX,
+                received: got,
+            });
+        }
+        let length = self.body_length(prefix)?;
+        let mut body = vec![0u8; length];
+        let got = read_full(input, &mut body)?;
+        if got < length {
+            return Err(FrameError::Truncated {
+                expected: PREFIX + length,
+                received: PREFIX + got,
+            });
+        }
+        parse_frame(&body).map(Some)
+    }
+}
+
+// Reads until `buf` is full or the stream ends; how many bytes came.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Parses one frame's bytes into a `T`, telling bad text, bad JSON and
+/// JSON of the wrong shape apart.
+pub fn parse_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
     // serde_json checks UTF-8 as it reads: a separate pass is only needed
     // to name the error once parsing failed.
     serde_json::from_slice(bytes).map_err(|e| {
@@ -187,21 +299,15 @@ pub fn parse_frame(bytes: &[u8]) -> Result<Message, FrameError> {
     })
 }
 
-impl Decoder for FrameCodec {
-    type Item = Message;
+impl<T: DeserializeOwned> Decoder for FrameCodec<T> {
+    type Item = T;
     type Error = FrameError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, FrameError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<T>, FrameError> {
         let Some(prefix) = src.get(..PREFIX) else {
             return Ok(None);
         };
-        let length = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        if length > self.max_frame {
-            return Err(FrameError::TooLarge {
-                length,
-                max: self.max_frame,
-            });
-        }
+        let length = self.body_length([prefix[0], prefix[1], prefix[2], prefix[3]])?;
         if src.len() < PREFIX + length {
             // Bounded by max_frame, checked above.
             src.reserve(PREFIX + length - src.len());
@@ -212,7 +318,7 @@ impl Decoder for FrameCodec {
         parse_frame(&frame).map(Some)
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, FrameError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<T>, FrameError> {
         match self.decode(src)? {
             Some(message) => Ok(Some(message)),
             None if src.is_empty() => Ok(None),
@@ -229,19 +335,19 @@ impl Decoder for FrameCodec {
     }
 }
 
-impl Encoder<&Message> for FrameCodec {
+impl<T: Serialize> Encoder<&T> for FrameCodec<T> {
     type Error = FrameError;
 
-    fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), FrameError> {
-        self.encode_into(message, dst)
+    fn encode(&mut self, value: &T, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode_into(value, dst)
     }
 }
 
-impl Encoder<Message> for FrameCodec {
+impl<T: Serialize> Encoder<T> for FrameCodec<T> {
     type Error = FrameError;
 
-    fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), FrameError> {
-        self.encode_into(&message, dst)
+    fn encode(&mut self, value: T, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode_into(&value, dst)
     }
 }
 

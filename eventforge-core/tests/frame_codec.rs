@@ -1,9 +1,7 @@
 //! The frame codec against the Python peer's bytes and arbitrary input.
-#![cfg(feature = "tcp")]
-
 use bytes::{BufMut, BytesMut};
+use eventforge_core::frame::{FrameCodec, FrameError};
 use eventforge_core::Message;
-use eventforge_transports::tcp::{FrameCodec, FrameError};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
