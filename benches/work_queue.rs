@@ -336,7 +336,7 @@ fn main() {
 
         #[cfg(feature = "redis")]
         {
-            use eventforge::transports::redis_streams::RedisStreamsBackend;
+            use eventforge::transports::redis::RedisStreamsBackend;
             let jobs = 50_000;
             let (mut ours, mut raw) = (Vec::new(), Vec::new());
             for _ in 0..RUNS {
@@ -361,7 +361,7 @@ fn main() {
 
         #[cfg(feature = "nats")]
         {
-            use eventforge::transports::jetstream::JetStreamBackend;
+            use eventforge::transports::nats::JetStreamBackend;
             let jobs = 50_000;
             let (mut ours, mut raw) = (Vec::new(), Vec::new());
             for _ in 0..RUNS {

@@ -45,12 +45,12 @@ async fn backend(
         )),
         #[cfg(feature = "redis")]
         Some(url) if url.starts_with("redis://") => Ok((
-            Arc::new(eventforge::transports::redis_streams::RedisStreamsBackend::connect(url).await?),
+            Arc::new(eventforge::transports::redis::RedisStreamsBackend::connect(url).await?),
             MessageQueue::new(eventforge::transports::redis::RedisTransport::connect(url).await?),
         )),
         #[cfg(feature = "nats")]
         Some(url) if url.starts_with("nats://") => Ok((
-            Arc::new(eventforge::transports::jetstream::JetStreamBackend::connect(url).await?),
+            Arc::new(eventforge::transports::nats::JetStreamBackend::connect(url).await?),
             MessageQueue::new(eventforge::transports::nats::NatsTransport::connect(url).await?),
         )),
         Some(other) => Err(format!(

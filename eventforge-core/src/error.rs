@@ -78,7 +78,7 @@ pub enum Error {
     /// JSON could not be turned into the requested type, or is not a Message.
     #[error("could not decode {what}: {source}")]
     Decode {
-        /// What was being decoded ("payload of message <id>", "message", ...).
+        /// What was being decoded ("payload of message `<id>`", "message", ...).
         what: String,
         /// The serde error.
         #[source]
@@ -101,7 +101,7 @@ pub enum Error {
         topic: String,
         /// The group that is full.
         group: String,
-        /// The configured limit ([`WorkOptions::max_size`](crate::WorkOptions::max_size)).
+        /// The configured limit (the work queue's `max_size`).
         limit: u64,
     },
 

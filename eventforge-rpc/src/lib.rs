@@ -1,23 +1,47 @@
-//! Remote procedure calls: the remote request-reply corner of the 2x2.
+//! Remote procedure calls for eventforge: the request-reply row of the
+//! messages layer, built on the kernel (`eventforge-core`).
 //!
 //! |                | local (same process) | remote (another process or machine) |
 //! |----------------|----------------------|-------------------------------------|
-//! | request-reply  | [`Executor`](crate::executor::Executor) | **[`RpcServer`] / [`RpcClient`]** |
+//! | request-reply  | an [`RpcServer`] on a memory [`MessageQueue`](eventforge_core::MessageQueue) | **[`RpcServer`] / [`RpcClient`]** on a network transport |
 //!
 //! A server answers `<service>.request`; a client publishes there with
 //! `reply_to = "_rpc_reply.<request id>"`. Both run over any
-//! [`Transport`](eventforge_core::Transport) and speak the Python eventforge's RPC
-//! payloads ([`RpcRequest`], [`RpcResponse`]) field for field.
+//! [`Transport`](eventforge_core::Transport) and speak the Python
+//! eventforge's RPC payloads ([`RpcRequest`], [`RpcResponse`], the
+//! [`wire`]) field for field. Handlers are closures with typed arguments
+//! ([`RpcHandler`]); [`RoundRobinRpcClient`] spreads calls over servers;
+//! [`with_retry`] retries transient failures with backoff and jitter; every
+//! caller is also a `tower::Service`.
+//!
+//! ```
+//! use eventforge_core::MessageQueue;
+//! use eventforge_rpc::{HandlerError, RpcClient, RpcServer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let queue = MessageQueue::memory();
+//! let server = RpcServer::new(queue.clone()).service("math");
+//! server.register("add", |a: i64, b: i64| async move { Ok::<_, HandlerError>(a + b) });
+//! server.serve().await?;
+//!
+//! let client = RpcClient::new(queue).service("math");
+//! assert_eq!(client.call::<i64>("add", (40, 2)).await?, 42);
+//! # server.stop().await;
+//! # Ok(()) }
+//! ```
 
-pub mod args;
-pub mod client;
-pub mod error;
-pub mod handler;
-pub mod replies;
-pub mod retry;
-pub mod round_robin;
-pub mod server;
-pub mod service;
+#![warn(missing_docs)]
+
+mod args;
+mod client;
+mod error;
+mod handler;
+mod replies;
+mod retry;
+mod round_robin;
+mod server;
+mod service;
 pub mod wire;
 
 pub use args::IntoArgs;
@@ -29,7 +53,7 @@ pub use handler::{
 };
 pub use replies::ReplyRouting;
 pub use retry::{with_retry, RetryPolicy, Retrying};
-pub use round_robin::RoundRobinRpcClient;
+pub use round_robin::{RoundRobinRpcClient, DEFAULT_COOL_DOWN};
 pub use server::{RpcServer, RpcServerStats, DEFAULT_MAX_CONCURRENCY};
 pub use service::CallFuture;
 pub use wire::{request_topic, RpcRequest, RpcResponse, DEFAULT_SERVICE, RPC_REPLY_PREFIX};

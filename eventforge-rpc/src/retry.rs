@@ -25,7 +25,7 @@ use crate::{CallBuilder, IntoArgs, RpcCall, RpcCaller, RpcError, RpcErrorKind};
 ///
 /// ```
 /// use std::time::Duration;
-/// use eventforge_rpc::retry::RetryPolicy;
+/// use eventforge_rpc::RetryPolicy;
 /// use eventforge_rpc::RpcErrorKind;
 ///
 /// let policy = RetryPolicy::new()
@@ -200,7 +200,7 @@ pub struct Retrying<C> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use eventforge_rpc::retry::{with_retry, RetryPolicy};
+/// use eventforge_rpc::{with_retry, RetryPolicy};
 /// use eventforge_rpc::{RpcClient, RpcError};
 /// use eventforge_core::MessageQueue;
 ///

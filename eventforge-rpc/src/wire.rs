@@ -1,6 +1,6 @@
 //! The RPC payloads exactly as the protocol puts them on the wire.
 //!
-//! A request travels as the payload of a [`Message`](eventforge_core::Message) on
+//! A request travels as the payload of a [`Message`] on
 //! `<service>.request`; its response as the payload of a message on the
 //! request's `reply_to` (`_rpc_reply.<request id>`).
 

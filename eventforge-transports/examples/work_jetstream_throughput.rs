@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use eventforge_core::Message;
 
-use eventforge_transports::jetstream::{JetStreamBackend, JetStreamStorage};
+use eventforge_transports::nats::{JetStreamBackend, JetStreamStorage};
 use eventforge_work::{WorkBackend, WorkOptions};
 use futures::{StreamExt, TryStreamExt};
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use eventforge_core::{Error, Message};
 
-use eventforge_transports::redis_streams::RedisStreamsBackend;
+use eventforge_transports::redis::RedisStreamsBackend;
 use eventforge_work::{WorkBackend, WorkOptions};
 use futures::StreamExt;
 

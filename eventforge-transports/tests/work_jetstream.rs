@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use eventforge_work::{BackendStats, Delivery, WorkBackend, WorkOptions};
 
 use eventforge_core::{Error, Message};
-use eventforge_transports::jetstream::{JetStreamBackend, JetStreamStorage};
+use eventforge_transports::nats::{JetStreamBackend, JetStreamStorage};
 use futures::FutureExt;
 
 /// Longest wait for anything that should happen.

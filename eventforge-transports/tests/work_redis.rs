@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use eventforge_work::{Delivery, WorkBackend, WorkOptions};
 
 use eventforge_core::{Error, Message};
-use eventforge_transports::redis_streams::{RedisStreamsBackend, RedisStreamsBackendBuilder};
+use eventforge_transports::redis::{RedisStreamsBackend, RedisStreamsBackendBuilder};
 use futures::FutureExt;
 use redis::AsyncCommands;
 

@@ -25,7 +25,7 @@ work_queue_suite!(redis_streams, || async {
     Backends::connecting(|| {
         Box::pin(async {
             let url = support::redis_url();
-            match eventforge::transports::redis_streams::RedisStreamsBackend::connect(&url).await {
+            match eventforge::transports::redis::RedisStreamsBackend::connect(&url).await {
                 Ok(backend) => Arc::new(backend) as Arc<dyn eventforge::work::WorkBackend>,
                 Err(error) => panic!("Redis at {url}: {error} (start it with scripts/brokers.sh)"),
             }
@@ -38,7 +38,7 @@ work_queue_suite!(jetstream, || async {
     Backends::connecting(|| {
         Box::pin(async {
             let url = support::nats_url();
-            match eventforge::transports::jetstream::JetStreamBackend::connect(&url).await {
+            match eventforge::transports::nats::JetStreamBackend::connect(&url).await {
                 Ok(backend) => Arc::new(backend) as Arc<dyn eventforge::work::WorkBackend>,
                 Err(error) => panic!("NATS at {url}: {error} (start it with scripts/brokers.sh)"),
             }

@@ -7,7 +7,7 @@
 //! observers around each call.
 //!
 //! An observer is told when a call starts, succeeds, fails and completes,
-//! through a [`TaskContext`](crate::context::TaskContext). An observer that
+//! through a [`TaskContext`]. An observer that
 //! panics is reported (through `tracing` and the task's
 //! [`observer_panics`](crate::task::TaskStats::observer_panics) counter) and
 //! never changes the call it watches.
@@ -28,7 +28,9 @@ pub use cpu::{thread_cpu_time, CpuMeter};
 pub use memory::{allocated_bytes_on_this_thread, CountingAllocator, MemoryMeter};
 pub use meter::{Meter, MeterStats, Reduction};
 pub use metrics::MetricsMeter;
-pub use reporter::{Summary, SummaryReporting, SummaryStats, TracingReporter};
+pub use reporter::{
+    Summary, SummaryReporting, SummaryStats, TracingReporter, DEFAULT_SUMMARY_WINDOW,
+};
 pub use timing::TimingMeter;
 
 use crate::context::TaskContext;

@@ -189,7 +189,7 @@ const FORGET_ABOVE: usize = 4096;
 /// name would exceed 255 bytes is refused with [`Error::InvalidTopic`].
 ///
 /// ```
-/// use eventforge_transports::jetstream::jetstream_name;
+/// use eventforge_transports::nats::jetstream_name;
 ///
 /// assert_eq!(jetstream_name("eventforge.wq.orders.created"), "eventforge_wq_orders_created");
 /// assert_eq!(jetstream_name("a_b"), "a-5Fb");
@@ -421,14 +421,14 @@ fn record_event(
     }
 }
 
-/// A [`WorkBackend`] on NATS JetStream; see the [module docs](self) for
-/// how topics and groups map to streams and consumers.
+/// A [`WorkBackend`] on NATS JetStream; see the [module docs](crate::nats)
+/// for how topics and groups map to streams and consumers.
 ///
 /// ```
 /// use std::time::Duration;
 /// use eventforge_core::Message;
 /// use eventforge_work::{WorkBackend, WorkOptions};
-/// use eventforge_transports::jetstream::JetStreamBackend;
+/// use eventforge_transports::nats::JetStreamBackend;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), eventforge_core::Error> {

@@ -260,7 +260,7 @@ impl RedisStreamsBackendBuilder {
 /// ```no_run
 /// use eventforge_core::Message;
 /// use eventforge_work::{WorkBackend, WorkOptions};
-/// use eventforge_transports::redis_streams::RedisStreamsBackend;
+/// use eventforge_transports::redis::RedisStreamsBackend;
 /// use std::time::Duration;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -283,7 +283,7 @@ impl RedisStreamsBackendBuilder {
 /// # Ok(()) }
 /// ```
 ///
-/// The module documentation ([`crate::redis_streams`]) gives the keys used
+/// The module documentation ([`crate::redis`]) gives the keys used
 /// and the exact semantics of retries, stats and trimming. The backend
 /// reconnects by itself: while Redis is unreachable calls fail with
 /// [`Error::Transport`], and work again once it is back.
