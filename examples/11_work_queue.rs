@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventforge::work::{dead_letter_topic, JobEventPayload, DEAD_LETTER_REASON_HEADER};
+use eventforge::work::headers::DEAD_LETTER_REASON_HEADER;
+use eventforge::work::{dead_letter_topic, JobEventPayload};
 use eventforge::work::{WorkBackend, WorkQueue};
 use eventforge::{BoxError, MessageQueue};
 use futures::StreamExt;

@@ -1,10 +1,17 @@
 //! Job lifecycle events: what a [`WorkQueue`](crate::WorkQueue) publishes on
 //! `_events.<topic>.<event>` as jobs move through it.
 
+use crate::headers::{dead_letter_topic, iso_now, ENQUEUED_AT_HEADER};
+use crate::queue::TopicRecord;
+use eventforge_core::message::Message;
 use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::queue::Inner;
+use crate::settle::JobState;
 
 /// The prefix of every lifecycle event topic.
 pub const EVENTS_PREFIX: &str = "_events";
@@ -25,7 +32,7 @@ pub enum JobEvent {
     RetryJob,
     /// The job went to `<topic>.dead_letter`.
     DeadLetterJob,
-    /// Periodic figures for a topic (see [`Summary`]).
+    /// Periodic figures for a topic (see [`QueueSummary`]).
     Summary,
 }
 
@@ -142,7 +149,7 @@ pub struct JobEventPayload {
     pub counts: JobCounts,
 }
 
-/// Queue-wide figures of one group, inside a [`Summary`].
+/// Queue-wide figures of one group, inside a [`QueueSummary`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSummary {
     /// Jobs waiting to be handed out.
@@ -155,7 +162,7 @@ pub struct GroupSummary {
 
 /// The payload of the periodic `summary` event of a topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
+pub struct QueueSummary {
     /// Always [`JobEvent::Summary`].
     pub event: JobEvent,
     /// The work-queue topic.
@@ -166,4 +173,163 @@ pub struct Summary {
     pub groups: HashMap<String, GroupSummary>,
     /// This handle's counts on the topic.
     pub counts: JobCounts,
+}
+
+impl Inner {
+    /// Counts `event` and, when somebody may listen to it, returns its
+    /// payload with the counts after it. The payload is only built for a
+    /// listener: this runs for every step of every job.
+    pub(crate) fn event(
+        &self,
+        event: JobEvent,
+        topic: &str,
+        job_id: &str,
+    ) -> Option<JobEventPayload> {
+        let (counts, listened) = {
+            let mut all = self
+                .counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let record = match all.get_mut(topic) {
+                Some(record) => record,
+                None => all
+                    .entry(topic.to_owned())
+                    .or_insert_with(|| TopicRecord::new(topic)),
+            };
+            record.counts.record(event);
+            let listened = self
+                .events
+                .transport()
+                .has_subscribers(record.event_topic(event))
+                != Some(false);
+            (record.counts, listened)
+        };
+        listened.then(|| JobEventPayload {
+            event,
+            job_id: job_id.to_owned(),
+            topic: topic.to_owned(),
+            group: None,
+            attempt: None,
+            enqueued_at: None,
+            timestamp: iso_now(),
+            duration: None,
+            error: None,
+            reason: None,
+            delay: None,
+            counts,
+        })
+    }
+
+    /// An event about one delivery of `message` to `group`.
+    pub(crate) fn delivery_event(
+        &self,
+        event: JobEvent,
+        topic: &str,
+        group: &str,
+        message: &Message,
+        attempt: u32,
+    ) -> Option<JobEventPayload> {
+        let payload = self.event(event, topic, &message.id)?;
+        Some(JobEventPayload {
+            group: Some(group.to_owned()),
+            attempt: Some(attempt),
+            enqueued_at: message
+                .headers
+                .get(ENQUEUED_AT_HEADER)
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            ..payload
+        })
+    }
+
+    /// An event about the job in hand.
+    pub(crate) fn job_event(&self, event: JobEvent, job: &JobState) -> Option<JobEventPayload> {
+        let receipt = &job.receipt;
+        self.delivery_event(
+            event,
+            &receipt.topic,
+            &receipt.group,
+            &job.message,
+            job.attempt,
+        )
+    }
+
+    /// Publishes a lifecycle event; a failure is logged, never passed on:
+    /// events are observability, not part of the job's fate.
+    pub(crate) async fn emit(&self, payload: Option<JobEventPayload>) {
+        if let Some(payload) = payload {
+            let topic = payload.event.topic_for(&payload.topic);
+            self.publish(&topic, &payload).await;
+        }
+    }
+
+    pub(crate) async fn publish(&self, topic: &str, payload: &impl Serialize) {
+        if self.events.transport().has_subscribers(topic) == Some(false) {
+            return;
+        }
+        if let Err(error) = self.events.publish(topic, payload).await {
+            tracing::debug!(%topic, %error, "work queue event not published");
+        }
+    }
+
+    pub(crate) async fn publish_summaries(&self) {
+        let topics: Vec<(String, Vec<String>, JobCounts)> = {
+            let all = self
+                .counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            all.iter()
+                .map(|(topic, record)| {
+                    let mut groups: Vec<String> = record.groups.iter().cloned().collect();
+                    for declared in &self.options.groups {
+                        if !groups.contains(declared) {
+                            groups.push(declared.clone());
+                        }
+                    }
+                    (topic.clone(), groups, record.counts)
+                })
+                .collect()
+        };
+        for (topic, groups, counts) in topics {
+            let summary_topic = JobEvent::Summary.topic_for(&topic);
+            if self.events.transport().has_subscribers(&summary_topic) == Some(false) {
+                continue;
+            }
+            let mut figures = HashMap::new();
+            for group in groups {
+                let queued = self.backend.stats(&self.options, &topic, &group).await;
+                let dead = self
+                    .backend
+                    .stats(
+                        &self.dead_letter_options,
+                        &dead_letter_topic(&topic),
+                        &group,
+                    )
+                    .await;
+                match (queued, dead) {
+                    (Ok(queued), Ok(dead)) => {
+                        figures.insert(
+                            group,
+                            GroupSummary {
+                                pending: queued.pending,
+                                in_flight: queued.in_flight,
+                                dead: dead.pending + dead.in_flight,
+                            },
+                        );
+                    }
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::debug!(%topic, %group, %error, "no summary figures for group");
+                    }
+                }
+            }
+            let summary = QueueSummary {
+                event: JobEvent::Summary,
+                topic: topic.clone(),
+                timestamp: iso_now(),
+                groups: figures,
+                counts,
+            };
+            self.publish(&summary_topic, &summary).await;
+        }
+    }
 }

@@ -9,11 +9,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventforge::work::{
-    dead_letter_topic, JobEventPayload, Summary, DEAD_LETTER_REASON_HEADER, ENQUEUED_AT_HEADER,
-    GROUP_HEADER, LAST_ERROR_HEADER, ORIGINAL_ID_HEADER, ORIGINAL_TOPIC_HEADER, REASON_MAX_RETRIES,
-    REASON_REJECTED, REASON_VISIBILITY_TIMEOUT, RETRY_COUNT_HEADER, VISIBILITY_TIMEOUT_HEADER,
+use eventforge::work::headers::{
+    DEAD_LETTER_REASON_HEADER, ENQUEUED_AT_HEADER, GROUP_HEADER, LAST_ERROR_HEADER,
+    ORIGINAL_ID_HEADER, ORIGINAL_TOPIC_HEADER, REASON_MAX_RETRIES, REASON_REJECTED,
+    REASON_VISIBILITY_TIMEOUT, RETRY_COUNT_HEADER, VISIBILITY_TIMEOUT_HEADER,
 };
+use eventforge::work::{dead_letter_topic, JobEventPayload, QueueSummary};
 use eventforge::work::{Nack, WorkBackend, WorkQueue, WorkQueueBuilder};
 use eventforge::Error;
 use futures::future::BoxFuture;
@@ -657,7 +658,7 @@ pub async fn summary_event_reports_counts(backends: &Backends) {
     take(&queue, &topic, "default").await.ack().await.unwrap();
     loop {
         let message = within("a summary", summaries.next()).await.unwrap();
-        let summary: Summary = message.payload_as().unwrap();
+        let summary: QueueSummary = message.payload_as().unwrap();
         let Some(default) = summary.groups.get("default") else {
             continue;
         };
