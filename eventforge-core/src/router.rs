@@ -15,10 +15,11 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::pattern_trie::PatternTrie;
 use crate::reply_waiter::ReplyWaiters;
 use crate::subscription::{Subscription, SubscriptionId};
 use crate::sync::{read, write};
-use crate::topic::{Pattern, PatternTrie};
+use crate::topic::Pattern;
 use crate::transport::prepare_request;
 
 /// Default number of messages a subscription buffers before its policy applies.

@@ -32,19 +32,20 @@
 #![warn(missing_docs)]
 
 mod context;
-pub mod executor;
+mod executor;
 pub mod observers;
 mod state;
-pub mod task;
+mod task;
 
 pub use context::TaskContext;
 pub use executor::{
     run_child_if_requested, Executor, ExecutorBuilder, ExecutorError, ExecutorMode,
-    FunctionRegistry, TaskResult, TaskStatus,
+    FunctionRegistry, TaskFailure, TaskResult, TaskStatus, CHILD_ENV, DEFAULT_MAX_QUEUED_TASKS,
+    DEFAULT_MAX_RETAINED_RESULTS,
 };
 pub use observers::Observer;
 pub use state::SharedState;
 pub use task::{
-    DispatchStrategy, Dispatcher, Node, NodeOutcome, Task, TaskBuilder, TaskPool, TaskPoolStats,
-    TaskStats,
+    DispatchNode, DispatchOutcome, DispatchStrategy, Dispatcher, Reservation, Task, TaskBuilder,
+    TaskPool, TaskPoolStats, TaskStats, INSTANCE_TIMEOUT, NO_CAPACITY,
 };

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use eventforge_rpc::HandlerError;
-use eventforge_tasks::{DispatchStrategy, Dispatcher, Node, Task};
+use eventforge_tasks::{DispatchNode, DispatchStrategy, Dispatcher, Task};
 use tokio::sync::{mpsc, Barrier, Semaphore};
 
-fn echo(name: &str) -> Node {
-    Node::new(Task::builder(name, |x: i64| Ok::<_, HandlerError>(x)).build())
+fn echo(name: &str) -> DispatchNode {
+    DispatchNode::new(Task::builder(name, |x: i64| Ok::<_, HandlerError>(x)).build())
 }
 
-fn names(outcomes: &[eventforge_tasks::NodeOutcome]) -> Vec<&str> {
+fn names(outcomes: &[eventforge_tasks::DispatchOutcome]) -> Vec<&str> {
     outcomes.iter().map(|o| o.node.as_str()).collect()
 }
 
@@ -46,7 +46,7 @@ async fn concurrent_dispatch_runs_every_node_at_once() {
     let barrier = Arc::new(Barrier::new(3));
     let node = |name: &str| {
         let barrier = barrier.clone();
-        Node::new(
+        DispatchNode::new(
             Task::builder(name, move |x: i64| {
                 let barrier = barrier.clone();
                 async move {
@@ -72,7 +72,7 @@ async fn least_loaded_avoids_a_busy_node_and_full_nodes_are_no_capacity() {
     let (started, mut started_rx) = mpsc::unbounded_channel::<()>();
     let busy = {
         let gate = gate.clone();
-        Node::new(
+        DispatchNode::new(
             Task::builder("busy", move |x: i64| {
                 let (gate, started) = (gate.clone(), started.clone());
                 async move {

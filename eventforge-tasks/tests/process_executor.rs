@@ -182,7 +182,7 @@ fn forgetful_main() {
 
 async fn a_child_that_did_not_serve_cannot_start_children_of_its_own() {
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(eventforge_tasks::executor::CHILD_ENV, "1")
+        .env(eventforge_tasks::CHILD_ENV, "1")
         .env(FORGETFUL, "1")
         .output()
         .unwrap();

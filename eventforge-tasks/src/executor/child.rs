@@ -108,7 +108,7 @@ pub(crate) fn read_frame<T: DeserializeOwned>(
 /// call this first thing in `main`, with the same registry the parent uses:
 ///
 /// ```no_run
-/// use eventforge_tasks::executor::{run_child_if_requested, FunctionRegistry};
+/// use eventforge_tasks::{run_child_if_requested, FunctionRegistry};
 ///
 /// fn registry() -> FunctionRegistry {
 ///     let mut registry = FunctionRegistry::new();

@@ -11,6 +11,7 @@
 //! processes of the same program, so a crash or a leak in a task never
 //! takes the caller down.
 
+mod builder;
 mod child;
 mod process;
 mod registry;
@@ -29,12 +30,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use builder::ExecutorBuilder;
 pub use child::{run_child_if_requested, CHILD_ENV};
 pub use registry::{FunctionRegistry, TaskFailure};
 pub use result::{TaskResult, TaskStatus};
 
 use eventforge_core::sync::lock;
-use process::{ChildSpec, ProcessJob, ProcessPool};
+use process::{ChildPool, ChildSpec, ProcessJob};
 use store::{ResultStore, TaskCell};
 use thread::ThreadPool;
 
@@ -92,96 +94,6 @@ pub enum ExecutorError {
     ClosureInProcessMode,
 }
 
-/// Options of an [`Executor`].
-#[derive(Debug, Clone)]
-pub struct ExecutorBuilder {
-    mode: ExecutorMode,
-    max_workers: Option<usize>,
-    thread_name_prefix: String,
-    max_tasks_per_child: Option<usize>,
-    max_retained_results: usize,
-    max_queued_tasks: usize,
-    registry: FunctionRegistry,
-    program: Option<PathBuf>,
-    program_args: Vec<String>,
-}
-
-impl ExecutorBuilder {
-    /// Tasks queued or running at once (default 100,000); `submit` fails
-    /// with [`ExecutorError::QueueFull`] past it, so a producer faster than
-    /// the workers cannot grow the queue without bound.
-    pub fn max_queued_tasks(mut self, tasks: usize) -> Self {
-        self.max_queued_tasks = tasks.max(1);
-        self
-    }
-
-    /// Worker threads or child processes (default: the number of CPUs).
-    pub fn max_workers(mut self, workers: usize) -> Self {
-        self.max_workers = Some(workers.max(1));
-        self
-    }
-
-    /// Names of worker threads: `<prefix>-1`, `<prefix>-2`, ... (default `eventforge-worker`).
-    pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.thread_name_prefix = prefix.into();
-        self
-    }
-
-    /// Process mode: replace a child after it ran this many tasks.
-    pub fn max_tasks_per_child(mut self, tasks: usize) -> Self {
-        self.max_tasks_per_child = Some(tasks.max(1));
-        self
-    }
-
-    /// Finished results kept untaken before the oldest are dropped (default 10,000).
-    pub fn max_retained_results(mut self, results: usize) -> Self {
-        self.max_retained_results = results.max(1);
-        self
-    }
-
-    /// The functions `submit` can run by name.
-    pub fn registry(mut self, registry: FunctionRegistry) -> Self {
-        self.registry = registry;
-        self
-    }
-
-    /// Process mode: the program started as a child (default: this
-    /// program, `std::env::current_exe()`) and its arguments. It must call
-    /// [`run_child_if_requested`] with the same registry.
-    pub fn child_program(mut self, program: impl Into<PathBuf>, args: Vec<String>) -> Self {
-        self.program = Some(program.into());
-        self.program_args = args;
-        self
-    }
-
-    /// Builds the executor; workers start on [`Executor::start`] or the first submit.
-    pub fn build(self) -> Executor {
-        let workers = self.max_workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1)
-        });
-        Executor {
-            inner: Arc::new(Inner {
-                mode: self.mode,
-                workers,
-                thread_name_prefix: self.thread_name_prefix,
-                max_tasks_per_child: self.max_tasks_per_child,
-                registry: Arc::new(self.registry),
-                program: self.program,
-                program_args: self.program_args,
-                store: Mutex::new(ResultStore::new(
-                    self.max_retained_results,
-                    self.max_queued_tasks,
-                )),
-                max_queued_tasks: self.max_queued_tasks,
-                backend: Mutex::new(Backend::NotStarted),
-                cancelled: Arc::new(AtomicBool::new(false)),
-            }),
-        }
-    }
-}
-
 /// Runs tasks and keeps their results until they are taken.
 ///
 /// Cheap to clone; clones share the workers. Dropping the last clone stops
@@ -189,7 +101,7 @@ impl ExecutorBuilder {
 ///
 /// ```
 /// use std::time::Duration;
-/// use eventforge_tasks::executor::{Executor, ExecutorMode, FunctionRegistry, TaskStatus};
+/// use eventforge_tasks::{Executor, ExecutorMode, FunctionRegistry, TaskStatus};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -212,29 +124,29 @@ impl ExecutorBuilder {
 /// ```
 #[derive(Clone)]
 pub struct Executor {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    mode: ExecutorMode,
-    workers: usize,
-    thread_name_prefix: String,
-    max_tasks_per_child: Option<usize>,
-    registry: Arc<FunctionRegistry>,
-    program: Option<PathBuf>,
-    program_args: Vec<String>,
-    store: Mutex<ResultStore>,
-    max_queued_tasks: usize,
-    backend: Mutex<Backend>,
+pub(crate) struct Inner {
+    pub(crate) mode: ExecutorMode,
+    pub(crate) workers: usize,
+    pub(crate) thread_name_prefix: String,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) registry: Arc<FunctionRegistry>,
+    pub(crate) program: Option<PathBuf>,
+    pub(crate) program_args: Vec<String>,
+    pub(crate) store: Mutex<ResultStore>,
+    pub(crate) max_queued_tasks: usize,
+    pub(crate) backend: Mutex<Backend>,
     // Set by `stop(false)`: queued tasks finish as cancelled instead of running.
-    cancelled: Arc<AtomicBool>,
+    pub(crate) cancelled: Arc<AtomicBool>,
 }
 
-enum Backend {
+pub(crate) enum Backend {
     NotStarted,
     Inline,
     Threads(Arc<ThreadPool>),
-    Processes(Arc<ProcessPool>),
+    Processes(Arc<ChildPool>),
     Stopped,
 }
 
@@ -336,7 +248,7 @@ impl Executor {
                     max_tasks_per_child: inner.max_tasks_per_child,
                 };
                 Backend::Processes(Arc::new(
-                    ProcessPool::start_slots(inner.workers, spec, Arc::clone(&inner.cancelled))
+                    ChildPool::start_slots(inner.workers, spec, Arc::clone(&inner.cancelled))
                         .map_err(ExecutorError::Spawn)?,
                 ))
             }
@@ -577,7 +489,7 @@ impl Executor {
 enum Work {
     Inline,
     Threads(Arc<ThreadPool>),
-    Processes(Arc<ProcessPool>),
+    Processes(Arc<ChildPool>),
 }
 
 /// Runs `work` as task `task_id` on `worker_id`, catching a panic.

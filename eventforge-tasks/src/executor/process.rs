@@ -36,9 +36,9 @@ pub(crate) struct ChildSpec {
 
 /// The pool of [`ExecutorMode::Process`](super::ExecutorMode::Process):
 /// one thread per worker slot, each driving its child.
-pub(crate) type ProcessPool = WorkerThreads<ProcessJob>;
+pub(crate) type ChildPool = WorkerThreads<ProcessJob>;
 
-impl ProcessPool {
+impl ChildPool {
     /// Starts `workers` slots, each starting children as `spec` says.
     pub(crate) fn start_slots(
         workers: usize,

@@ -28,7 +28,7 @@ pub(crate) type TaskFn = Arc<dyn Fn(Value) -> Result<Value, TaskFailure> + Send 
 /// [`run_child_if_requested`](super::run_child_if_requested)).
 ///
 /// ```
-/// use eventforge_tasks::executor::FunctionRegistry;
+/// use eventforge_tasks::FunctionRegistry;
 ///
 /// let mut registry = FunctionRegistry::new();
 /// registry.register("double", |v: serde_json::Value| {

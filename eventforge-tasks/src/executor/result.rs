@@ -28,7 +28,7 @@ pub enum TaskStatus {
 ///
 /// ```
 /// use std::time::Duration;
-/// use eventforge_tasks::executor::{TaskResult, TaskStatus};
+/// use eventforge_tasks::{TaskResult, TaskStatus};
 ///
 /// let done = TaskResult::completed("t1", 42.into(), Duration::from_millis(1), "thread-x");
 /// let json = serde_json::to_value(&done)?;

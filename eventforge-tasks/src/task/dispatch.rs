@@ -1,4 +1,4 @@
-//! Dispatchers: one call spread over several tasks ([`Node`]s) by a
+//! Dispatchers: one call spread over several tasks ([`DispatchNode`]s) by a
 //! strategy: to all of them in turn or at once, or to one chosen by
 //! round-robin or by least load.
 
@@ -20,16 +20,16 @@ pub const NO_CAPACITY: &str = "NoCapacity";
 ///
 /// ```
 /// use eventforge_rpc::HandlerError;
-/// use eventforge_tasks::{Node, Task};
+/// use eventforge_tasks::{DispatchNode, Task};
 ///
-/// let node = Node::new(Task::builder("work", || Ok::<_, HandlerError>(1)).build()).capacity(1);
+/// let node = DispatchNode::new(Task::builder("work", || Ok::<_, HandlerError>(1)).build()).capacity(1);
 /// let held = node.try_reserve().unwrap();
 /// assert!(node.try_reserve().is_none(), "full");
 /// drop(held);
 /// assert_eq!(node.load(), 0);
 /// ```
 #[derive(Clone)]
-pub struct Node {
+pub struct DispatchNode {
     task: Task,
     capacity: usize,
     // Calls reserved on this node now; only ever changed by compare-and-swap
@@ -37,9 +37,9 @@ pub struct Node {
     load: Arc<AtomicUsize>,
 }
 
-impl fmt::Debug for Node {
+impl fmt::Debug for DispatchNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Node")
+        f.debug_struct("DispatchNode")
             .field("task", &self.task.name())
             .field("load", &self.load())
             .field("capacity", &self.capacity)
@@ -47,7 +47,7 @@ impl fmt::Debug for Node {
     }
 }
 
-/// A call reserved on a [`Node`]; dropping it releases the slot.
+/// A call reserved on a [`DispatchNode`]; dropping it releases the slot.
 #[derive(Debug)]
 pub struct Reservation {
     load: Arc<AtomicUsize>,
@@ -59,10 +59,10 @@ impl Drop for Reservation {
     }
 }
 
-impl Node {
+impl DispatchNode {
     /// A node running `task`, with unbounded capacity until [`capacity`](Self::capacity).
     pub fn new(task: Task) -> Self {
-        Node {
+        DispatchNode {
             task,
             capacity: usize::MAX,
             load: Arc::new(AtomicUsize::new(0)),
@@ -112,8 +112,8 @@ impl Node {
         self.load() as f64 / self.capacity as f64
     }
 
-    async fn call(&self, args: Vec<Value>, _held: Reservation) -> NodeOutcome {
-        NodeOutcome {
+    async fn call(&self, args: Vec<Value>, _held: Reservation) -> DispatchOutcome {
+        DispatchOutcome {
             node: self.name().to_owned(),
             outcome: self.task.call(args).await,
         }
@@ -135,14 +135,14 @@ pub enum DispatchStrategy {
 
 /// The outcome of a dispatched call on one node.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NodeOutcome {
+pub struct DispatchOutcome {
     /// The node's name.
     pub node: String,
     /// Its result or error.
     pub outcome: Outcome,
 }
 
-/// Spreads calls over [`Node`]s by a [`DispatchStrategy`]. Cheap to clone.
+/// Spreads calls over [`DispatchNode`]s by a [`DispatchStrategy`]. Cheap to clone.
 ///
 /// A node that is full is skipped (broadcast and concurrent dispatch report
 /// it as a [`NO_CAPACITY`] outcome; round-robin and least-loaded pick
@@ -150,11 +150,11 @@ pub struct NodeOutcome {
 ///
 /// ```
 /// use eventforge_rpc::HandlerError;
-/// use eventforge_tasks::{DispatchStrategy, Dispatcher, Node, Task};
+/// use eventforge_tasks::{DispatchStrategy, Dispatcher, DispatchNode, Task};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let node = |name: &str| Node::new(Task::builder(name, |x: i64| Ok::<_, HandlerError>(x)).build());
+/// let node = |name: &str| DispatchNode::new(Task::builder(name, |x: i64| Ok::<_, HandlerError>(x)).build());
 /// let dispatcher = Dispatcher::new(DispatchStrategy::RoundRobin, vec![node("a"), node("b")]);
 /// let first = dispatcher.dispatch((1,)).await;
 /// let second = dispatcher.dispatch((2,)).await;
@@ -164,14 +164,14 @@ pub struct NodeOutcome {
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     strategy: DispatchStrategy,
-    nodes: Arc<[Node]>,
+    nodes: Arc<[DispatchNode]>,
     // Where round-robin starts looking next.
     next: Arc<AtomicUsize>,
 }
 
 impl Dispatcher {
     /// A dispatcher over `nodes` with `strategy`.
-    pub fn new(strategy: DispatchStrategy, nodes: Vec<Node>) -> Self {
+    pub fn new(strategy: DispatchStrategy, nodes: Vec<DispatchNode>) -> Self {
         Dispatcher {
             strategy,
             nodes: nodes.into(),
@@ -180,7 +180,7 @@ impl Dispatcher {
     }
 
     /// The nodes, in order.
-    pub fn nodes(&self) -> &[Node] {
+    pub fn nodes(&self) -> &[DispatchNode] {
         &self.nodes
     }
 
@@ -191,11 +191,11 @@ impl Dispatcher {
 
     /// Calls the nodes the strategy picks with positional `args`; one
     /// outcome per node called (one for round-robin and least-loaded).
-    pub async fn dispatch(&self, args: impl IntoArgs) -> Vec<NodeOutcome> {
+    pub async fn dispatch(&self, args: impl IntoArgs) -> Vec<DispatchOutcome> {
         let args = match args.into_args() {
             Ok(args) => args,
             Err(error) => {
-                return vec![NodeOutcome {
+                return vec![DispatchOutcome {
                     node: String::new(),
                     outcome: Err(HandlerError::new(
                         TYPE_ERROR,
@@ -238,7 +238,7 @@ impl Dispatcher {
         }
     }
 
-    fn reserve_round_robin(&self) -> Option<(&Node, Reservation)> {
+    fn reserve_round_robin(&self) -> Option<(&DispatchNode, Reservation)> {
         let count = self.nodes.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..count).find_map(|step| {
@@ -248,18 +248,18 @@ impl Dispatcher {
         })
     }
 
-    fn reserve_least_loaded(&self) -> Option<(&Node, Reservation)> {
+    fn reserve_least_loaded(&self) -> Option<(&DispatchNode, Reservation)> {
         // Another caller may fill the emptiest node between the look and the
         // reservation: then the next emptiest is tried.
-        let mut order: Vec<&Node> = self.nodes.iter().collect();
+        let mut order: Vec<&DispatchNode> = self.nodes.iter().collect();
         order.sort_by(|a, b| a.fill().total_cmp(&b.fill()));
         order
             .into_iter()
             .find_map(|node| Some((node, node.try_reserve()?)))
     }
 
-    fn no_capacity(&self) -> NodeOutcome {
-        NodeOutcome {
+    fn no_capacity(&self) -> DispatchOutcome {
+        DispatchOutcome {
             node: String::new(),
             outcome: Err(HandlerError::new(
                 NO_CAPACITY,
@@ -269,8 +269,8 @@ impl Dispatcher {
     }
 }
 
-fn full(node: &Node) -> NodeOutcome {
-    NodeOutcome {
+fn full(node: &DispatchNode) -> DispatchOutcome {
+    DispatchOutcome {
         node: node.name().to_owned(),
         outcome: Err(HandlerError::new(
             NO_CAPACITY,
